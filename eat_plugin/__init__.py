@@ -1,0 +1,14 @@
+"""eat-fairseq: EAT (Efficient Audio Transformer) as a fairseq user-dir plugin.
+
+Usable both as an installed package (``import eat_plugin``) and as
+``common.user_dir=/path/to/eat_plugin`` with fairseq's ``import_user_module``. fairseq auto-imports
+only ``models/`` and ``tasks/`` of a user dir, so this module imports the criterions itself.
+"""
+
+from eat_plugin.checkpoint import allow_fairseq_checkpoint_classes
+
+allow_fairseq_checkpoint_classes()  # fairseq's own torch.load(weights_only=True) must accept its checkpoints
+
+from eat_plugin import criterions, data, models, tasks  # noqa: E402,F401  (registers with fairseq)
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Registered fairseq criterions. fairseq does not auto-import a user dir's criterions/: eat_plugin imports this."""

@@ -1,0 +1,232 @@
+"""fairseq datasets over the official manifests: unlabelled (pre-training) and labelled (fine-tuning).
+
+Batch layout (the official keys; released checkpoints' configs refer to them):
+    pre-training   {"id": (B,), "net_input": {"source": (B, 1, T, 128)}}
+    fine-tuning    {"id": (B,), "net_input": {"imgs": (B, 1, T, 128), "label": (B, C)}}
+
+``size()`` / ``num_tokens()`` are 1 for every clip, so fairseq's ``batch_size`` counts clips.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from fairseq.data import FairseqDataset
+
+from eat_plugin.data.augment import noise_and_time_roll, roll_and_gain
+from eat_plugin.data.fbank import AudioError, FbankFrontEnd, NormStats, read_audio, to_mono_16k
+from eat_plugin.data.manifest import LabelDescriptors, ManifestError, read_labels, read_manifest
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+MAX_LOGGED_SKIPS = 20
+
+
+class FbankDataset(FairseqDataset):
+    """Manifest rows -> normalised fbank clips.
+
+    Args:
+        manifest_path: ``{split}.tsv`` (root line, then ``relpath<TAB>num_samples``).
+        target_length: frames per clip (multiple of 16); clips are zero-padded or cropped.
+        norm: fbank statistics: ``"audioset"``, ``"esc50"``, ``"spcv2"``, ``NormStats`` or ``(mean, std)``.
+        min_sample_size: rows with fewer native samples are skipped (count and lines logged).
+        key: batch key of the fbank in ``net_input`` (``"source"`` pre-training, ``"imgs"`` fine-tuning).
+        roll_aug: waveform roll + Beta(10,10)+0.5 gain (training only).
+        noise: fbank noise + time roll (training only).
+        shuffle: a fresh permutation each epoch (seeded by ``seed`` and the epoch).
+        weights_file: one sampling weight per manifest row; each epoch draws ``num_samples`` distinct
+            clips with probability proportional to the weights (balanced AudioSet training).
+        num_samples: clips drawn per epoch with ``weights_file``.
+        seed: seeds shuffling, weighted draws and augmentation (with the epoch and clip index).
+    """
+
+    def __init__(
+        self,
+        manifest_path: PathLike,
+        target_length: int = 1024,
+        norm: Union[str, NormStats, Tuple[float, float], None] = "audioset",
+        min_sample_size: int = 0,
+        key: str = "source",
+        roll_aug: bool = False,
+        noise: bool = False,
+        shuffle: bool = False,
+        weights_file: Optional[PathLike] = None,
+        num_samples: Optional[int] = None,
+        seed: int = 1,
+    ):
+        super().__init__()
+        self.front_end = FbankFrontEnd(target_length, norm)
+        self.manifest = read_manifest(manifest_path)
+        self.key = key
+        self.roll_aug = roll_aug
+        self.noise = noise
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 1
+        self.kept = self._drop_short_rows(min_sample_size)  # manifest row index of each dataset item
+        self.weights = self._load_weights(weights_file) if weights_file else None  # (N,) float64
+        self.num_samples = self._check_num_samples(num_samples) if self.weights is not None else None
+
+    # ------------------------------------------------------------------ construction helpers
+    def _drop_short_rows(self, min_sample_size: int) -> List[int]:
+        kept, skipped = [], []
+        for i, row in enumerate(self.manifest.rows):
+            (kept if row.num_samples >= min_sample_size else skipped).append(i)
+        if skipped:
+            shown = [f"line {self.manifest.rows[i].line}: {self.manifest.rows[i].relpath}" for i in skipped]
+            more = f" ... and {len(skipped) - MAX_LOGGED_SKIPS} more" if len(skipped) > MAX_LOGGED_SKIPS else ""
+            logger.warning(
+                f"{self.manifest.path}: skipped {len(skipped)} of {len(self.manifest)} clips shorter than "
+                f"min_sample_size={min_sample_size} samples: {'; '.join(shown[:MAX_LOGGED_SKIPS])}{more}"
+            )
+        if not kept:
+            raise ManifestError(f"{self.manifest.path}: no clips left after skipping clips shorter than {min_sample_size}")
+        return kept
+
+    def _load_weights(self, weights_file: PathLike) -> np.ndarray:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: sampling weights file not found")
+        try:
+            weights = np.loadtxt(path, dtype=np.float64, ndmin=1)  # (rows,)
+        except ValueError as err:
+            raise ManifestError(f"{path}: expected one number per line ({err})") from None
+        if weights.ndim != 1 or len(weights) != len(self.manifest):
+            raise ManifestError(
+                f"{path}: has {weights.size} weights but manifest {self.manifest.path} has {len(self.manifest)} "
+                f"rows; expected one weight per manifest row"
+            )
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise ManifestError(f"{path}: weights must be finite and non-negative")
+        return weights[self.kept]  # (N,)
+
+    def _check_num_samples(self, num_samples: Optional[int]) -> int:
+        available = int((self.weights > 0).sum())
+        num_samples = available if num_samples is None else int(num_samples)
+        if not 0 < num_samples <= available:
+            raise ValueError(
+                f"num_samples={num_samples}: a weighted epoch draws distinct clips, so it must be between 1 and "
+                f"the {available} clips with a non-zero weight in {self.manifest.path}"
+            )
+        return num_samples
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def audio_path(self, index: int) -> Path:
+        return self.manifest.audio_path(self.kept[index])
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def load_fbank(self, index: int) -> torch.Tensor:
+        """Read clip ``index`` and return its ``(1, T, 128)`` fbank; errors name the clip and manifest line."""
+        row = self.manifest.rows[self.kept[index]]
+        path = self.manifest.root / row.relpath
+        try:
+            wave, sample_rate = read_audio(path)  # (S, C)
+            if wave.shape[0] != row.num_samples:
+                raise AudioError(
+                    f"{path}: has {wave.shape[0]} samples but the manifest lists {row.num_samples}; "
+                    f"the file changed or was truncated since the manifest was written"
+                )
+            wave_16k = to_mono_16k(wave, sample_rate, str(path))  # (S16,)
+            rng = self._rng(index) if (self.roll_aug or self.noise) else None
+            if self.roll_aug:
+                wave_16k = roll_and_gain(wave_16k, rng)  # (S16,)
+            fbank = self.front_end.features(wave_16k, str(path))  # (1, T, 128)
+            if self.noise:
+                fbank = noise_and_time_roll(fbank, rng)  # (1, T, 128)
+        except (AudioError, FileNotFoundError) as err:
+            raise AudioError(f"{self.manifest.path} line {row.line}: {err}") from err
+        return fbank
+
+    def __getitem__(self, index: int) -> Dict:
+        return {"id": index, self.key: self.load_fbank(index)}
+
+    def collater(self, samples: Sequence[Dict]) -> Dict:
+        if not samples:
+            return {}
+        return {
+            "id": torch.LongTensor([s["id"] for s in samples]),  # (B,)
+            "net_input": {self.key: torch.stack([s[self.key] for s in samples])},  # (B, 1, T, 128)
+        }
+
+    # ------------------------------------------------------------------ fairseq batching
+    def num_tokens(self, index: int) -> int:
+        return 1
+
+    def size(self, index: int) -> int:
+        return 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        return not (self.shuffle or self.weights is not None)
+
+    def ordered_indices(self) -> np.ndarray:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            weights = torch.from_numpy(self.weights)  # (N,)
+            return torch.multinomial(weights, self.num_samples, replacement=False, generator=generator).numpy()
+        if self.shuffle:
+            return torch.randperm(len(self), generator=generator).numpy()
+        return np.arange(len(self))
+
+
+class LabelledFbankDataset(FbankDataset):
+    """``FbankDataset`` plus multi-hot label vectors from ``{split}.lbl`` and ``label_descriptors.csv``.
+
+    Args:
+        labels_path: ``{split}.lbl``, one line per manifest row (before skipping).
+        descriptors: the class table (``read_label_descriptors``).
+        multi_label: allow several labels per clip (AudioSet); otherwise exactly one is required.
+        **kwargs: ``FbankDataset`` arguments; ``key`` defaults to ``"imgs"``.
+    """
+
+    def __init__(
+        self,
+        manifest_path: PathLike,
+        labels_path: PathLike,
+        descriptors: LabelDescriptors,
+        multi_label: bool = True,
+        key: str = "imgs",
+        **kwargs,
+    ):
+        super().__init__(manifest_path, key=key, **kwargs)
+        self.descriptors = descriptors
+        labels = read_labels(labels_path, descriptors, self.manifest)  # one list per manifest row
+        if not multi_label:
+            for row, clip_labels in zip(self.manifest.rows, labels):
+                if len(clip_labels) != 1:
+                    raise ManifestError(
+                        f"{labels_path}: the clip of manifest line {row.line} ({row.relpath}) has "
+                        f"{len(clip_labels)} labels; a single-label dataset needs exactly one"
+                    )
+        self.labels = [labels[i] for i in self.kept]  # aligned with the kept rows
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.descriptors)
+
+    def label_vector(self, index: int) -> torch.Tensor:
+        target = torch.zeros(self.num_classes)  # (C,)
+        target[self.labels[index]] = 1.0
+        return target
+
+    def __getitem__(self, index: int) -> Dict:
+        return {"id": index, self.key: self.load_fbank(index), "label": self.label_vector(index)}
+
+    def collater(self, samples: Sequence[Dict]) -> Dict:
+        batch = super().collater(samples)
+        if batch:
+            batch["net_input"]["label"] = torch.stack([s["label"] for s in samples])  # (B, C)
+        return batch

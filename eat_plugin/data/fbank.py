@@ -1,0 +1,256 @@
+"""The one waveform -> normalised log-mel fbank path (reference §5.2).
+
+Every consumer (datasets, inference, feature extraction, data-preparation statistics) goes through
+:class:`FbankFrontEnd`, so training and inference see identical features.
+
+Pipeline, in the official order:
+    audio file -> float32 (S, C) -> down-mix to mono -> resample to 16 kHz -> remove DC
+    -> Kaldi fbank (128 mel, 25 ms Hanning, 10 ms shift, htk_compat, no dither, no energy)
+    -> zero-pad / crop to ``target_length`` frames -> (x - mean) / (2 * std)
+
+Down-mixing happens BEFORE resampling. The official code resamples the ``(samples, channels)`` array
+along its last axis (across the channels) and only then averages; we do not copy that bug.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+SAMPLE_RATE = 16000
+NUM_MEL_BINS = 128
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+WINDOW_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400
+HOP_SAMPLES = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160
+PATCH_FRAMES = 16  # the patch grid is 16 x 16: target_length must be a multiple of this
+
+
+class AudioError(ValueError):
+    """A clip that cannot be turned into features; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Dataset-level fbank statistics; features are normalised as ``(x - mean) / (2 * std)``."""
+
+    mean: float
+    std: float
+
+
+# Official constants (reference §5.2 step 6).
+NORM_STATS = {
+    "audioset": NormStats(-4.268, 4.569),
+    "esc50": NormStats(-6.627, 5.359),
+    "spcv2": NormStats(-6.846, 5.565),
+}
+
+
+def check_target_length(target_length: int, field: str = "target_length") -> int:
+    """Raise a clear error unless ``target_length`` is a positive multiple of 16 frames."""
+    if isinstance(target_length, bool) or not isinstance(target_length, (int, np.integer)):
+        raise ValueError(f"{field} must be an integer number of fbank frames, got {target_length!r}")
+    if target_length <= 0 or target_length % PATCH_FRAMES != 0:
+        raise ValueError(
+            f"{field}={target_length} is not a positive multiple of {PATCH_FRAMES}: the model cuts the "
+            f"spectrogram into {PATCH_FRAMES}x{PATCH_FRAMES} patches (e.g. 1024 for 10 s, 512 for 5 s, "
+            f"128 for 1 s)"
+        )
+    return int(target_length)
+
+
+def check_sample_rate(sample_rate, source: str = "audio") -> int:
+    """Raise a clear error unless ``sample_rate`` is a positive integer number of Hz."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{source}: sample rate must be a positive integer in Hz, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def num_fbank_frames(num_samples_16k: int) -> int:
+    """Frames Kaldi produces with ``snip_edges=True``: ``1 + (n - 400) // 160`` (0 if shorter)."""
+    if num_samples_16k < WINDOW_SAMPLES:
+        return 0
+    return 1 + (num_samples_16k - WINDOW_SAMPLES) // HOP_SAMPLES
+
+
+_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_STREAMING_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # placeholders written by streaming encoders
+
+
+def _wav_data_sizes(log: str) -> Tuple[Optional[int], int]:
+    """libsndfile's header log flags a WAV/AIFF data chunk larger than the file as ``data : N (should be M)``.
+
+    soundfile then silently reads the M bytes that exist; we want a truncated file reported instead.
+    """
+    match = _DATA_CHUNK.search(log or "")
+    if match is None or int(match.group(1)) in _STREAMING_SIZES:
+        return None, 0
+    return int(match.group(1)), int(match.group(2))
+
+
+def read_audio(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
+    """Read an audio file with soundfile.
+
+    Returns:
+        wave: float32 array ``(S, C)`` (always 2-D; C = channels).
+        sample_rate: the file's native rate in Hz.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        AudioError: empty, undecodable, truncated or non-finite audio.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: audio file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty (0 bytes); expected an audio file soundfile can read")
+    try:
+        audio = sf.SoundFile(str(path))
+    except sf.SoundFileError as err:
+        raise AudioError(
+            f"{path}: not audio or corrupt header ({err}); expected a file soundfile can read (wav, flac, ogg, ...)"
+        ) from None
+    with audio:
+        declared_bytes, available_bytes = _wav_data_sizes(audio.extra_info)
+        if declared_bytes is not None and declared_bytes > available_bytes:
+            raise AudioError(
+                f"{path}: truncated: header declares {declared_bytes} bytes of audio data, the file holds {available_bytes}"
+            )
+        try:
+            wave = audio.read(dtype="float32", always_2d=True)  # (S, C)
+        except sf.SoundFileError as err:
+            raise AudioError(f"{path}: audio data is corrupt or truncated ({err})") from None
+        sample_rate = audio.samplerate
+    if wave.shape[0] == 0:
+        raise AudioError(f"{path}: contains no samples (a header without audio data)")
+    check_sample_rate(sample_rate, str(path))
+    if not np.isfinite(wave).all():
+        bad = int(np.size(wave) - np.isfinite(wave).sum())
+        raise AudioError(f"{path}: contains {bad} NaN/Inf samples; expected finite audio")
+    return wave, sample_rate
+
+
+def to_mono_16k(wave: Union[np.ndarray, torch.Tensor], sample_rate: int, source: str = "audio") -> torch.Tensor:
+    """Down-mix to mono, then resample to 16 kHz.
+
+    Args:
+        wave: ``(S,)`` mono or ``(S, C)`` multichannel samples (soundfile's layout).
+        sample_rate: rate of ``wave`` in Hz.
+        source: name used in error messages (usually the file path).
+
+    Returns:
+        float32 tensor ``(S16,)`` at 16 kHz.
+    """
+    sample_rate = check_sample_rate(sample_rate, source)
+    wave = torch.as_tensor(wave, dtype=torch.float32)
+    if wave.dim() == 2:
+        wave = wave.mean(dim=1)  # (S,): down-mix BEFORE resampling
+    elif wave.dim() != 1:
+        raise AudioError(f"{source}: expected audio of shape (samples,) or (samples, channels), got {tuple(wave.shape)}")
+    if sample_rate != SAMPLE_RATE:
+        wave = torchaudio.functional.resample(wave, orig_freq=sample_rate, new_freq=SAMPLE_RATE)  # (S16,)
+    return wave
+
+
+def wave_to_fbank(wave_16k: torch.Tensor, source: str = "audio") -> torch.Tensor:
+    """DC removal + the official Kaldi fbank.
+
+    Args:
+        wave_16k: ``(S,)`` float32 mono waveform at 16 kHz.
+
+    Returns:
+        ``(n_frames, 128)`` log-mel energies, ``n_frames = 1 + (S - 400) // 160``.
+    """
+    if wave_16k.numel() < WINDOW_SAMPLES:
+        raise AudioError(
+            f"{source}: too short for one fbank window: {wave_16k.numel()} samples at 16 kHz, "
+            f"need at least {WINDOW_SAMPLES} ({FRAME_LENGTH_MS:g} ms)"
+        )
+    wave_16k = wave_16k - wave_16k.mean()  # (S,)
+    return torchaudio.compliance.kaldi.fbank(
+        wave_16k.unsqueeze(0),
+        htk_compat=True,
+        sample_frequency=SAMPLE_RATE,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=NUM_MEL_BINS,
+        dither=0.0,
+        frame_shift=FRAME_SHIFT_MS,
+        frame_length=FRAME_LENGTH_MS,
+    )  # (n_frames, 128)
+
+
+def pad_or_crop(fbank: torch.Tensor, target_length: int) -> torch.Tensor:
+    """Zero-pad at the end or crop (keeping the start) ``(n_frames, F)`` to ``(target_length, F)``."""
+    n_frames = fbank.size(0)
+    if n_frames < target_length:
+        return F.pad(fbank, (0, 0, 0, target_length - n_frames))  # (T, F)
+    return fbank[:target_length]  # (T, F)
+
+
+def normalize(fbank: torch.Tensor, stats: NormStats) -> torch.Tensor:
+    """``(x - mean) / (2 * std)``, the AST/EAT convention."""
+    return (fbank - stats.mean) / (2.0 * stats.std)
+
+
+def resolve_norm_stats(norm: Union[str, NormStats, Tuple[float, float], None]) -> NormStats:
+    """Accept a dataset name (``audioset``, ``esc50``, ``spcv2``), a ``NormStats`` or ``(mean, std)``."""
+    if norm is None:
+        return NORM_STATS["audioset"]
+    if isinstance(norm, NormStats):
+        stats = norm
+    elif isinstance(norm, str):
+        if norm not in NORM_STATS:
+            raise ValueError(f"unknown normalisation {norm!r}; expected one of {sorted(NORM_STATS)} or (mean, std)")
+        stats = NORM_STATS[norm]
+    else:
+        mean, std = norm
+        stats = NormStats(float(mean), float(std))
+    if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
+        raise ValueError(f"normalisation needs a finite mean and a positive std, got {stats}")
+    return stats
+
+
+class FbankFrontEnd:
+    """Waveform (any rate, any channel count) -> normalised fbank ``(1, target_length, 128)``.
+
+    Args:
+        target_length: output frames, a positive multiple of 16.
+        norm: dataset statistics: a name in ``NORM_STATS``, a ``NormStats`` or ``(mean, std)``.
+    """
+
+    def __init__(self, target_length: int = 1024, norm: Union[str, NormStats, Tuple[float, float], None] = "audioset"):
+        self.target_length = check_target_length(target_length)
+        self.stats = resolve_norm_stats(norm)
+
+    def __repr__(self) -> str:
+        return f"FbankFrontEnd(target_length={self.target_length}, mean={self.stats.mean}, std={self.stats.std})"
+
+    def features(self, wave_16k: torch.Tensor, source: str = "audio") -> torch.Tensor:
+        """``(S,)`` 16 kHz mono -> ``(1, T, 128)`` normalised fbank."""
+        fbank = wave_to_fbank(wave_16k, source)  # (n_frames, 128)
+        fbank = pad_or_crop(fbank, self.target_length)  # (T, 128): padding BEFORE normalising
+        return normalize(fbank, self.stats).unsqueeze(0)  # (1, T, 128)
+
+    def __call__(self, wave: Union[np.ndarray, torch.Tensor], sample_rate: int, source: str = "audio") -> torch.Tensor:
+        """``(S,)`` or ``(S, C)`` at ``sample_rate`` -> ``(1, T, 128)``."""
+        return self.features(to_mono_16k(wave, sample_rate, source), source)
+
+    def from_file(self, path: Union[str, Path], expected_samples: Optional[int] = None) -> torch.Tensor:
+        """Read ``path`` and return ``(1, T, 128)``; ``expected_samples`` checks a manifest's length."""
+        wave, sample_rate = read_audio(path)  # (S, C)
+        if expected_samples is not None and wave.shape[0] != expected_samples:
+            raise AudioError(
+                f"{path}: has {wave.shape[0]} samples but the manifest lists {expected_samples}; "
+                f"the file changed or was truncated since the manifest was written"
+            )
+        return self(wave, sample_rate, str(path))

@@ -1,0 +1,1 @@
+"""Registered fairseq tasks (``mae_image_pretraining``, ``mae_image_classification``): added with the models."""
