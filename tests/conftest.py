@@ -52,3 +52,9 @@ def golden_data(tmp_path, golden_dir) -> Path:
                 text = "\n".join(lines) + "\n"
             (out / src.name).write_text(text)
     return out
+
+
+def pytest_configure(config):
+    # Third-party noise, not ours: torch.jit deprecation (fairseq import) and pin_memory on CPU.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:FutureWarning")
+    config.addinivalue_line("filterwarnings", "ignore:'pin_memory' argument is set as true:UserWarning")
