@@ -97,16 +97,13 @@ def _wav_data_sizes(log: str) -> Tuple[Optional[int], int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def read_audio(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
-    """Read an audio file with soundfile.
-
-    Returns:
-        wave: float32 array ``(S, C)`` (always 2-D; C = channels).
-        sample_rate: the file's native rate in Hz.
+def open_audio(path: Union[str, Path]) -> sf.SoundFile:
+    """Open ``path`` for reading after the checks that need only the header.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioError: empty, undecodable, truncated or non-finite audio.
+        AudioError: empty file, not audio / corrupt header, truncated WAV/AIFF data, no samples,
+            invalid sample rate.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,12 +116,33 @@ def read_audio(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
         raise AudioError(
             f"{path}: not audio or corrupt header ({err}); expected a file soundfile can read (wav, flac, ogg, ...)"
         ) from None
-    with audio:
+    try:
         declared_bytes, available_bytes = _wav_data_sizes(audio.extra_info)
         if declared_bytes is not None and declared_bytes > available_bytes:
             raise AudioError(
                 f"{path}: truncated: header declares {declared_bytes} bytes of audio data, the file holds {available_bytes}"
             )
+        if audio.frames <= 0:
+            raise AudioError(f"{path}: contains no samples (a header without audio data)")
+        check_sample_rate(audio.samplerate, str(path))
+    except AudioError:
+        audio.close()
+        raise
+    return audio
+
+
+def read_audio(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
+    """Read an audio file with soundfile.
+
+    Returns:
+        wave: float32 array ``(S, C)`` (always 2-D; C = channels).
+        sample_rate: the file's native rate in Hz.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        AudioError: empty, undecodable, truncated or non-finite audio.
+    """
+    with open_audio(path) as audio:
         try:
             wave = audio.read(dtype="float32", always_2d=True)  # (S, C)
         except sf.SoundFileError as err:
@@ -132,7 +150,6 @@ def read_audio(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
         sample_rate = audio.samplerate
     if wave.shape[0] == 0:
         raise AudioError(f"{path}: contains no samples (a header without audio data)")
-    check_sample_rate(sample_rate, str(path))
     if not np.isfinite(wave).all():
         bad = int(np.size(wave) - np.isfinite(wave).sum())
         raise AudioError(f"{path}: contains {bad} NaN/Inf samples; expected finite audio")

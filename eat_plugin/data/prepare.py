@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 
-from eat_plugin.data.fbank import AudioError, _wav_data_sizes, read_audio
+from eat_plugin.data.fbank import AudioError, open_audio, read_audio
 from eat_plugin.data.manifest import (
     Clip,
     ManifestError,
@@ -118,22 +118,8 @@ def probe_clip(path: Path, full_check: bool = False) -> int:
     if full_check:
         wave, _ = read_audio(path)
         return int(wave.shape[0])
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: audio file not found")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty (0 bytes)")
-    try:
-        info = sf.info(str(path))
-    except sf.SoundFileError as err:
-        raise AudioError(f"{path}: not audio or corrupt header ({err})") from None
-    declared, available = _wav_data_sizes(info.extra_info)
-    if declared is not None and declared > available:
-        raise AudioError(f"{path}: truncated: header declares {declared} bytes of audio data, the file holds {available}")
-    if info.frames <= 0:
-        raise AudioError(f"{path}: contains no samples")
-    if info.samplerate <= 0:
-        raise AudioError(f"{path}: invalid sample rate {info.samplerate}")
-    return int(info.frames)
+    with open_audio(path) as audio:
+        return int(audio.frames)
 
 
 def scan_split(
