@@ -169,8 +169,8 @@ def to_mono_16k(wave: Union[np.ndarray, torch.Tensor], sample_rate: int, source:
     """
     sample_rate = check_sample_rate(sample_rate, source)
     wave = torch.as_tensor(wave, dtype=torch.float32)
-    if wave.dim() == 2:
-        wave = wave.mean(dim=1)  # (S,): down-mix BEFORE resampling
+    if wave.dim() == 2:  # (S, C): down-mix BEFORE resampling
+        wave = wave[:, 0] if wave.size(1) == 1 else wave.mean(dim=1)  # (S,)
     elif wave.dim() != 1:
         raise AudioError(f"{source}: expected audio of shape (samples,) or (samples, channels), got {tuple(wave.shape)}")
     if sample_rate != SAMPLE_RATE:
