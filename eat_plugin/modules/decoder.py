@@ -1,0 +1,86 @@
+"""EAT's light CNN decoder (official ``Decoder2d``): predicts teacher targets for every patch.
+
+Each layer: grouped ``k x k`` conv -> (SamePad2d) -> LayerNorm over channels without affine -> GELU,
+with a residual connection; then a Linear back to the model width. Parameter paths match the official
+``decoder.blocks.{i}.0.{weight,bias}`` and ``decoder.proj.*``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SamePad2d(nn.Module):
+    """Drop the last row and column that an even kernel with ``padding=k//2`` adds (no-op for odd k)."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.remove = 1 if kernel_size % 2 == 0 else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, :, : -self.remove, : -self.remove] if self.remove else x
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of ``(R, C, H, W)``, no affine parameters (eps 1e-5)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.transpose(-3, -1)  # (R, W, H, C)
+        x = F.layer_norm(x, (self.channels,), eps=self.eps)
+        return x.transpose(-3, -1)  # (R, C, H, W)
+
+
+class CNNDecoder(nn.Module):
+    """``(R, N, D)`` tokens on a ``grid_h x grid_w`` patch grid -> ``(R, N, D)`` predictions.
+
+    Args:
+        embed_dim: model width D (input and output).
+        decoder_dim: conv channels.
+        groups: conv groups (must divide ``decoder_dim`` and ``embed_dim``).
+        kernel: conv kernel size.
+        layers: number of conv layers.
+        grid_h, grid_w: patch grid (time patches, frequency patches).
+        residual: add each layer's input when the channel counts match.
+    """
+
+    def __init__(self, embed_dim: int, decoder_dim: int, groups: int, kernel: int, layers: int, grid_h: int,
+                 grid_w: int, residual: bool = True):
+        super().__init__()
+        if decoder_dim % groups or embed_dim % groups:
+            raise ValueError(f"decoder_groups={groups} must divide decoder_dim={decoder_dim} and embed_dim={embed_dim}")
+        self.grid_h, self.grid_w = grid_h, grid_w
+        self.residual = residual
+
+        def layer(in_dim: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(in_dim, decoder_dim, kernel_size=kernel, padding=kernel // 2, groups=groups),
+                SamePad2d(kernel),
+                ChannelLayerNorm(decoder_dim),
+                nn.GELU(),
+            )
+
+        self.blocks = nn.Sequential(*[layer(embed_dim if i == 0 else decoder_dim) for i in range(layers)])
+        self.proj = nn.Linear(decoder_dim, embed_dim)
+
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows, tokens, dim = x.shape
+        if tokens != self.grid_h * self.grid_w:
+            raise ValueError(
+                f"the decoder was built for a {self.grid_h}x{self.grid_w} patch grid ({self.grid_h * self.grid_w} "
+                f"patches) but got {tokens}; pre-train with the model's target_length"
+            )
+        x = x.transpose(1, 2).reshape(rows, dim, self.grid_h, self.grid_w)  # (R, D, H, W)
+        for block in self.blocks:
+            out = block(x)  # (R, C, H, W)
+            x = out + x if self.residual and out.size(1) == x.size(1) else out
+        x = x.reshape(rows, -1, tokens).transpose(1, 2)  # (R, N, C)
+        return self.proj(x)  # (R, N, D)

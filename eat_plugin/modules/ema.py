@@ -1,0 +1,81 @@
+"""The EMA teacher: an fp32 master copy of the student's encoder, updated after every optimizer step.
+
+Deliberately not an ``nn.Module`` attribute of the model: it stays out of ``parameters()`` (the
+optimizer never sees it) and out of the regular state dict; the model saves the fp32 masters under
+the single official key ``_ema``. ``θ_teacher <- d·θ_teacher + (1 - d)·θ_student`` for trainable
+parameters; frozen ones (the fixed positions table) are copied.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+def annealed_decay(step: int, start: float, end: float, anneal_steps: int) -> float:
+    """Linear ramp from ``start`` (step 0) to ``end`` (step ``anneal_steps`` and after)."""
+    if step >= anneal_steps:
+        return end
+    return end - (end - start) * (1 - step / anneal_steps)
+
+
+class EMATeacher:
+    """Teacher network ``model`` (run in eval mode, no grad) plus its fp32 master parameters.
+
+    Args:
+        model: a copy of the student's encoder whose ``state_dict()`` keys are the student's parameter
+            names (``modality_encoders.IMAGE.*``, ``blocks.*``): these are the ``_ema`` keys.
+        decay: initial EMA decay.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = model.requires_grad_(False).eval()
+        self.decay = decay
+        self.fp32_params: Dict[str, Tensor] = {
+            name: p.detach().float().clone() for name, p in self.model.named_parameters()
+        }
+
+    @torch.no_grad()
+    def step(self, student: nn.Module) -> None:
+        """Fold the student's current parameters into the masters, then refresh the teacher model."""
+        masters, updates, frozen = [], [], []
+        for name, param in student.named_parameters():
+            master = self.fp32_params.get(name)
+            if master is None:  # decoder, projection heads: not part of the teacher
+                continue
+            if param.requires_grad:
+                masters.append(master)
+                updates.append(param.detach().to(master.dtype))
+            else:
+                frozen.append((master, param))
+        if masters:
+            torch._foreach_lerp_(masters, updates, 1.0 - self.decay)  # m + (1-d)(p - m) = d·m + (1-d)·p
+        for master, param in frozen:
+            master.copy_(param.detach())
+        self._copy_masters_to_model()
+
+    @torch.no_grad()
+    def restore(self, state: Mapping[str, Tensor]) -> None:
+        """Load saved masters (the ``_ema`` dict); keys must be exactly the teacher's."""
+        missing = sorted(set(self.fp32_params) - set(state))
+        unexpected = sorted(set(state) - set(self.fp32_params))
+        if missing or unexpected:
+            raise KeyError(f"_ema teacher weights do not match the model: missing {missing}, unexpected {unexpected}")
+        for name, master in self.fp32_params.items():
+            if state[name].shape != master.shape:
+                raise ValueError(f"_ema[{name!r}] has shape {tuple(state[name].shape)}, expected {tuple(master.shape)}")
+            master.copy_(state[name].to(master.device, torch.float32))
+        self._copy_masters_to_model()
+
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> None:
+        """Follow the student's ``.to()/.cuda()/.half()``: the model takes ``fn``; masters keep fp32."""
+        self.model._apply(fn)
+        device = next(self.model.parameters()).device
+        self.fp32_params = {name: t.to(device) for name, t in self.fp32_params.items()}
+
+    def _copy_masters_to_model(self) -> None:
+        params = dict(self.model.named_parameters())
+        targets = [params[name] for name in self.fp32_params]
+        torch._foreach_copy_(targets, list(self.fp32_params.values()))
