@@ -1,1 +1,3 @@
-"""Registered fairseq models (``data2vec_multi``, ``mae_image_classification``): added by the model issues."""
+"""Registered fairseq models: ``data2vec_multi`` (pre-training); ``mae_image_classification`` arrives next."""
+
+from eat_plugin.models.data2vec_multi import Data2VecMultiConfig, Data2VecMultiModel  # noqa: F401

@@ -6,7 +6,6 @@ those for features EAT never uses (ALiBi, shared decoders, ...). ``check_support
 non-default value of an unimplemented feature into a clear error at build time.
 """
 
-from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass

@@ -1,0 +1,363 @@
+"""Pre-training model pieces against closed forms, hand-written references and invariants (tiny configs)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from eat_plugin.criterions.pretraining import TrainingCollapseError, check_variances
+from eat_plugin.losses import dino_loss, normalized_pixels, regression_loss, teacher_targets
+from eat_plugin.models.data2vec_multi import Data2VecMultiModel
+from eat_plugin.models.pretraining_config import Data2VecMultiConfig, iter_field_paths
+from eat_plugin.modules.attention import set_fused_attention
+from eat_plugin.modules.block import PostLNBlock
+from eat_plugin.modules.ema import annealed_decay
+from eat_plugin.modules.encoder import sincos_pos_table
+from eat_plugin.modules.masking import compute_block_mask_2d, make_mask_info, num_visible_patches
+
+
+def tiny_config(**overrides) -> Data2VecMultiConfig:
+    """dim 32, depth 2, 128 frames (8 x 8 patches), 2 clones: the recipe shape at test size."""
+    cfg = OmegaConf.structured(Data2VecMultiConfig)
+    base = {
+        "embed_dim": 32, "num_heads": 2, "depth": 2, "average_top_k_layers": 2, "clone_batch": 2,
+        "ema_decay": 0.9, "ema_end_decay": 0.99, "ema_anneal_end_step": 10, "max_update": 10, "seed": 1,
+        "instance_norm_target_layer": True, "layer_norm_targets": True, "cls_loss": 1.0,
+        "encoder_dropout": 0.0, "post_mlp_drop": 0.0, "attention_dropout": 0.0, "ema_encoder_only": False,
+        "supported_modality": "IMAGE",
+        "modalities": {"image": {
+            "in_chans": 1, "embed_dim": 32, "target_length": 128, "max_length": 64, "inverse_mask": True,
+            "mask_prob": 0.8, "mask_prob_adjust": 0.07, "mask_length": 5, "mask_noise_std": 0.01,
+            "prenet_depth": 0, "ema_local_encoder": True, "num_extra_tokens": 1, "init_extra_token_zero": False,
+            "num_alibi_heads": 2, "model_depth": 2,
+            "decoder": {"decoder_dim": 32, "decoder_groups": 8, "decoder_kernel": 3, "decoder_layers": 2,
+                        "input_dropout": 0.0},
+        }},
+    }
+    return OmegaConf.merge(cfg, base, overrides)
+
+
+def tiny_model(**overrides) -> Data2VecMultiModel:
+    torch.manual_seed(0)
+    return Data2VecMultiModel(tiny_config(**overrides))
+
+
+# ---------------------------------------------------------------------------------------- masking
+
+
+def test_inverse_block_mask_keeps_exactly_102_of_512_patches():
+    torch.manual_seed(0)
+    mask = compute_block_mask_2d((48, 512), 0.8, 5, 0.07, inverse_mask=True, img_shape=(64, 8))
+    assert mask.shape == (48, 512)
+    assert torch.all((1 - mask).sum(1) == 102) and num_visible_patches(512, 0.8, True) == 102
+
+
+def test_single_block_is_a_clamped_5x5_square():
+    # mask_prob 0.4 on an 8 x 8 grid draws int(64 * 0.4 / 25) = 1 centre
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        mask = compute_block_mask_2d((1, 64), 0.4, 5, require_same_masks=False, img_shape=(8, 8),
+                                     generator=generator).view(8, 8)
+        rows, cols = mask.nonzero(as_tuple=True)
+        r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+        assert mask.sum() == (r1 - r0 + 1) * (c1 - c0 + 1)  # one filled rectangle
+        assert r1 - r0 + 1 == 5 or r0 == 0 or r1 == 7  # 5 wide unless clamped at an edge
+        assert c1 - c0 + 1 == 5 or c0 == 0 or c1 == 7
+
+
+def test_masks_are_deterministic_given_a_seed():
+    def draw(seed):
+        return compute_block_mask_2d((4, 64), 0.8, 5, 0.07, True, img_shape=(8, 8),
+                                     generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(5), draw(5)) and not torch.equal(draw(5), draw(6))
+
+
+def test_mask_info_orders_positions_and_checks_counts():
+    mask = torch.tensor([[1, 0, 1, 0, 1, 1], [0, 1, 1, 1, 0, 1]])
+    info = make_mask_info(mask, num_visible=2)
+    assert info.ids_keep.tolist() == [[1, 3], [0, 4]]
+    assert info.ids_masked.tolist() == [[0, 2, 4, 5], [1, 2, 3, 5]]
+    with pytest.raises(ValueError, match="keep exactly 3 of 6 patches"):
+        make_mask_info(mask, num_visible=3)
+
+
+# ------------------------------------------------------------------------------- positions, block
+
+
+def test_sincos_table_closed_form():
+    dim, grid_h, grid_w = 32, 6, 8
+    table = sincos_pos_table(dim, grid_h, grid_w).double()  # (48, 32)
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    for t in range(grid_h):
+        for f in range(grid_w):
+            expected = torch.cat([torch.sin(f * omega), torch.cos(f * omega), torch.sin(t * omega), torch.cos(t * omega)])
+            torch.testing.assert_close(table[t * grid_w + f], expected, atol=2e-6, rtol=0)
+
+
+def reference_block(block: PostLNBlock, x: torch.Tensor):
+    """The post-LN block written out by hand: attention, residual, LN, MLP, residual, LN."""
+    B, N, D = x.shape
+    H = block.attn.num_heads
+    W, b = block.attn.qkv.weight, block.attn.qkv.bias
+    q, k, v = [(x @ W[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D]).view(B, N, H, D // H).transpose(1, 2) for i in range(3)]
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // H), dim=-1)
+    attn = (weights @ v).transpose(1, 2).reshape(B, N, D) @ block.attn.proj.weight.T + block.attn.proj.bias
+
+    def layer_norm(y, ln):
+        mean, var = y.mean(-1, keepdim=True), y.var(-1, unbiased=False, keepdim=True)
+        return (y - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+    h = layer_norm(x + attn, block.norm1)
+    hidden = F.gelu(h @ block.mlp.fc1.weight.T + block.mlp.fc1.bias)
+    ffn = hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias
+    return layer_norm(h + ffn, block.norm2), ffn
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_post_ln_block_matches_hand_written_reference(fused):
+    torch.manual_seed(0)
+    block = PostLNBlock(32, 4).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 7, 32)
+    set_fused_attention(fused)
+    try:
+        out, ffn = block(x)
+    finally:
+        set_fused_attention(True)
+    expected_out, expected_ffn = reference_block(block, x)
+    torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ffn, expected_ffn, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_and_eager_attention_agree():
+    model = tiny_model().eval()
+    source = torch.randn(2, 1, 128, 128)
+    fused = model.extract_features(source, remove_extra_tokens=False)["x"]
+    set_fused_attention(False)
+    try:
+        eager = model.extract_features(source, remove_extra_tokens=False)["x"]
+    finally:
+        set_fused_attention(True)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------- targets, losses
+
+
+def test_targets_against_direct_formula():
+    torch.manual_seed(0)
+    layers = [torch.randn(2, 10, 6) * (i + 1) + i for i in range(3)]
+
+    def instance_norm(y):  # each channel over the patches of each clip, biased variance
+        return (y - y.mean(1, keepdim=True)) / torch.sqrt(y.var(1, unbiased=False, keepdim=True) + 1e-5)
+
+    average = (instance_norm(layers[1]) + instance_norm(layers[2])) / 2
+    expected = (average - average.mean(-1, keepdim=True)) / torch.sqrt(average.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(teacher_targets(layers, top_k=2), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_regression_loss_formula_and_shape():
+    pred, target = torch.randn(5, 16), torch.randn(5, 16)
+    torch.testing.assert_close(regression_loss(pred, target), (pred - target) ** 2 / 4.0)  # 1/sqrt(16)
+    diff = (pred - target).abs()
+    smooth = torch.where(diff < 0.5, 0.5 * diff**2 / 0.5, diff - 0.25)
+    torch.testing.assert_close(regression_loss(pred, target, loss_beta=0.5, loss_scale=2.0), 2 * smooth)
+
+
+def test_normalized_pixels_and_dino_by_hand():
+    patch = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    expected = (patch - 3.0) / math.sqrt(patch.var().item() + 1e-6)
+    torch.testing.assert_close(normalized_pixels(patch), expected)
+    student, teacher, center = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2)
+    t = torch.softmax(torch.tensor([0.0, 1.0]) / 0.5, 0)
+    expected = -(t * torch.log_softmax(torch.tensor([1.0, 0.0]) / 0.25, 0)).sum()
+    torch.testing.assert_close(dino_loss(student, teacher, center, 0.25, 0.5), expected)
+
+
+def test_loss_shapes_and_scaling():
+    model = tiny_model(recon_loss=1.0).train()
+    out = model(source=torch.randn(3, 1, 128, 128))
+    rows, masked = 3 * 2, 64 - num_visible_patches(64, 0.8, True)  # 6 rows x 52 masked patches
+    assert out["sample_size"] == rows * masked == 312
+    assert out["losses"]["IMAGE_regression"].shape == (312, 32)
+    assert out["losses"]["cls"].shape == (rows, 32)
+    assert out["losses"]["recon"].shape == (312, 256)
+    assert out["masked_pct"] == pytest.approx(1 - 12 / 64)
+    assert out["ema_decay"] == pytest.approx(900.0)
+    with pytest.raises(ValueError, match="precomputed_mask must be"):
+        model(source=torch.randn(3, 1, 128, 128), precomputed_mask=torch.zeros(3, 64))
+
+
+def test_cls_loss_is_scaled_by_weight_and_sample_size():
+    no_noise = {"modalities": {"image": {"mask_noise_std": 0.0}}}
+    model = tiny_model(**no_noise).eval()  # eval: no dropout anywhere, deterministic
+    weighted = tiny_model(cls_loss=0.5, **no_noise).eval()
+    weighted.load_state_dict(model.state_dict())
+    source = torch.randn(2, 1, 128, 128)
+    mask = compute_block_mask_2d((4, 64), 0.8, 5, 0.07, True, img_shape=(8, 8))
+    full, half = model(source=source, precomputed_mask=mask), weighted(source=source, precomputed_mask=mask)
+    torch.testing.assert_close(half["losses"]["cls"], 0.5 * full["losses"]["cls"])
+    # by hand: student CLS of each clone row vs the mean target of its clip, MSE / sqrt(D), x sample_size
+    targets = model._teacher_targets(source)  # (2, 64, 32)
+    info = make_mask_info(mask, 12)
+    student = model._encode_visible(model.modality_encoders["IMAGE"].embed(source), info, torch.tensor([0, 0, 1, 1]))
+    cls_target = targets.mean(1).repeat_interleave(2, 0)  # (4, 32)
+    expected = (student[:, 0] - cls_target) ** 2 / math.sqrt(32) * full["sample_size"]
+    torch.testing.assert_close(full["losses"]["cls"], expected, atol=1e-4, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- EMA
+
+
+def test_ema_schedule_endpoints():
+    assert annealed_decay(0, 0.9998, 0.99999, 100000) == pytest.approx(0.9998)
+    assert annealed_decay(50000, 0.9998, 0.99999, 100000) == pytest.approx((0.9998 + 0.99999) / 2)
+    assert annealed_decay(100000, 0.9998, 0.99999, 100000) == 0.99999
+    assert annealed_decay(250000, 0.9998, 0.99999, 100000) == 0.99999
+
+
+def test_ema_closed_form_update_and_frozen_copy():
+    model = tiny_model().train()
+    teacher_before = {k: v.clone() for k, v in model.teacher.fp32_params.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))  # trainable params move; the frozen table does not
+        model.modality_encoders["IMAGE"].fixed_positional_encoder.positions.mul_(2)
+    model.set_num_updates(1)
+    decay = annealed_decay(1, 0.9, 0.99, 10)
+    assert model.teacher.decay == pytest.approx(decay)
+    student = dict(model.named_parameters())
+    for name, master in model.teacher.fp32_params.items():
+        if student[name].requires_grad:
+            expected = decay * teacher_before[name] + (1 - decay) * student[name]
+        else:
+            expected = student[name]  # frozen: copied
+        torch.testing.assert_close(master, expected.detach(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(dict(model.teacher.model.named_parameters())[name], master)
+
+
+def test_no_ema_step_on_resume_or_in_eval():
+    model = tiny_model().train()
+    before = {k: v.clone() for k, v in model.teacher.fp32_params.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.set_num_updates(7)  # first call with n > 1 on a fresh model: a resume, no step
+    assert all(torch.equal(before[k], v) for k, v in model.teacher.fp32_params.items())
+    model.eval()
+    model.set_num_updates(8)
+    assert all(torch.equal(before[k], v) for k, v in model.teacher.fp32_params.items())
+
+
+def test_teacher_gets_no_gradient_and_every_student_parameter_does():
+    model = tiny_model(recon_loss=1.0).train()
+    assert not any(p is t for p in model.parameters() for t in model.teacher.model.parameters())
+    out = model(source=torch.randn(2, 1, 128, 128))
+    sum(loss.sum() for loss in out["losses"].values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert missing == []
+    assert all(p.grad is None for p in model.teacher.model.parameters())
+    assert not model.modality_encoders["IMAGE"].fixed_positional_encoder.positions.requires_grad
+
+
+# ----------------------------------------------------------------------------------- state dict
+
+
+OFFICIAL_KEYS_TINY = (
+    ["modality_encoders.IMAGE.extra_tokens", "modality_encoders.IMAGE.local_encoder.proj.weight",
+     "modality_encoders.IMAGE.local_encoder.proj.bias", "modality_encoders.IMAGE.fixed_positional_encoder.positions",
+     "modality_encoders.IMAGE.context_encoder.norm.weight", "modality_encoders.IMAGE.context_encoder.norm.bias"]
+    + [f"modality_encoders.IMAGE.decoder.blocks.{i}.0.{p}" for i in range(2) for p in ("weight", "bias")]
+    + ["modality_encoders.IMAGE.decoder.proj.weight", "modality_encoders.IMAGE.decoder.proj.bias"]
+    + [f"blocks.{i}.{m}.{p}" for i in range(2)
+       for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2") for p in ("weight", "bias")]
+)
+
+
+def test_state_dict_has_the_official_keys_and_round_trips(tmp_path):
+    model = tiny_model().train()
+    state = model.state_dict()
+    assert sorted(k for k in state if k != "_ema") == sorted(OFFICIAL_KEYS_TINY)
+    assert sorted(state["_ema"]) == sorted(k for k in OFFICIAL_KEYS_TINY if ".decoder." not in k)
+    assert state["modality_encoders.IMAGE.fixed_positional_encoder.positions"].shape == (1, 64 * 8, 32)
+    assert state["modality_encoders.IMAGE.decoder.blocks.0.0.weight"].shape == (32, 4, 3, 3)  # groups 8
+    model.set_num_updates(1)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    other = tiny_model()
+    torch.manual_seed(123)
+    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True), strict=True)
+    for key, value in model.state_dict().items():
+        if key == "_ema":
+            assert all(torch.equal(value[k], other.teacher.fp32_params[k]) for k in value)
+        else:
+            assert torch.equal(value, other.state_dict()[key]), key
+    with pytest.raises(RuntimeError, match="_ema"):
+        tiny_model().load_state_dict({k: v for k, v in state.items() if k != "_ema"}, strict=True)
+
+
+def test_remove_pretraining_modules():
+    model = tiny_model()
+    model.remove_pretraining_modules()
+    state = model.state_dict()
+    assert "_ema" not in state and not any(".decoder." in k for k in state)
+    x = model.extract_features(torch.randn(1, 1, 128, 128))["x"]
+    assert x.shape == (1, 64, 32)
+    with pytest.raises(RuntimeError, match="no EMA teacher"):
+        model(source=torch.randn(1, 1, 128, 128))
+
+
+# --------------------------------------------------------------------------------------- config
+
+
+OFFICIAL_MODEL_FIELDS = """loss_beta loss_scale depth start_drop_path_rate end_drop_path_rate num_heads norm_eps
+norm_affine encoder_dropout post_mlp_drop attention_dropout activation_dropout dropout_input layerdrop embed_dim
+mlp_ratio layer_norm_first average_top_k_layers end_of_block_targets clone_batch layer_norm_target_layer
+batch_norm_target_layer instance_norm_target_layer instance_norm_targets layer_norm_targets ema_decay
+ema_same_dtype log_norms ema_end_decay ema_anneal_end_step ema_encoder_only max_update shared_decoder
+min_target_var min_pred_var supported_modality mae_init seed skip_ema cls_loss recon_loss d2v_loss decoder_group
+utterance_level init_center_token_zero center_exp softmax_temperature_student softmax_temperature_teacher""".split()
+OFFICIAL_IMAGE_FIELDS = """type prenet_depth prenet_layerdrop prenet_dropout start_drop_path_rate end_drop_path_rate
+num_extra_tokens init_extra_token_zero mask_noise_std mask_prob_min mask_prob inverse_mask mask_prob_adjust
+keep_masked_pct mask_length add_masks remove_masks mask_dropout encoder_zero_mask mask_channel_prob
+mask_channel_length ema_local_encoder local_grad_mult use_alibi_encoder alibi_scale learned_alibi alibi_max_pos
+learned_alibi_scale learned_alibi_scale_per_head learned_alibi_scale_per_layer num_alibi_heads model_depth
+input_size in_chans patch_size embed_dim alibi_dims alibi_distance fixed_positions transformer_decoder
+enc_dec_transformer target_length max_length""".split()
+OFFICIAL_DECODER_FIELDS = """decoder_dim decoder_groups decoder_kernel decoder_layers input_dropout
+add_positions_masked add_positions_all decoder_residual projection_layers projection_ratio""".split()
+
+
+def test_config_has_every_official_field():
+    paths = set(iter_field_paths(Data2VecMultiConfig))
+    expected = ({*OFFICIAL_MODEL_FIELDS}
+                | {f"modalities.image.{f}" for f in OFFICIAL_IMAGE_FIELDS}
+                | {f"modalities.image.decoder.{f}" for f in OFFICIAL_DECODER_FIELDS})
+    assert expected <= paths, sorted(expected - paths)
+    assert OmegaConf.structured(Data2VecMultiConfig).modalities.image.decoder.decoder_dim == 384
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"modalities": {"image": {"use_alibi_encoder": True}}}, "use_alibi_encoder=True"),
+        ({"layer_norm_first": True}, "layer_norm_first=True"),
+        ({"ema_encoder_only": True}, "ema_encoder_only=True"),
+        ({"modalities": {"image": {"in_chans": 3}}}, "in_chans=3"),
+        ({"modalities": {"image": {"mask_dropout": 0.1}}}, "mask_dropout=0.1"),
+        ({"modalities": {"image": {"target_length": 100}}}, "target_length=100 is not a positive multiple of 16"),
+    ],
+)
+def test_unsupported_values_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        Data2VecMultiModel(tiny_config(**override))
+
+
+def test_collapse_check_names_the_floor():
+    check_variances({"target_var": 0.5, "pred_var": 0.5}, 0.1, 0.01, 6000)
+    with pytest.raises(TrainingCollapseError, match=r"update 6000: target_var=0.05 < model.min_target_var=0.1"):
+        check_variances({"target_var": 0.05, "pred_var": 0.5}, 0.1, 0.01, 6000)
+    with pytest.raises(TrainingCollapseError, match=r"pred_var=0.001 < model.min_pred_var=0.01"):
+        check_variances({"target_var": 0.5, "pred_var": 0.001}, 0.1, 0.01, 6000)
