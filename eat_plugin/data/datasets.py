@@ -1,8 +1,12 @@
 """fairseq datasets over the official manifests: unlabelled (pre-training) and labelled (fine-tuning).
 
 Batch layout (the official keys; released checkpoints' configs refer to them):
-    pre-training   {"id": (B,), "net_input": {"source": (B, 1, T, 128)}}
+    pre-training   {"id": (B,), "net_input": {"source": (B, 1, T, 128), "precomputed_mask": (B * clones, N)}}
     fine-tuning    {"id": (B,), "net_input": {"imgs": (B, 1, T, 128), "label": (B, C)}}
+
+``precomputed_mask`` is present only with a ``BlockMaskSpec`` (``task.precompute_mask_config``); row
+``b * clones + c`` is clone ``c`` of clip ``b`` (the model's ``repeat_interleave`` order), 1 = masked,
+``N = (T // 16) * 8`` patches.
 
 ``size()`` / ``num_tokens()`` are 1 for every clip, so fairseq's ``batch_size`` counts clips.
 """
@@ -10,6 +14,7 @@ Batch layout (the official keys; released checkpoints' configs refer to them):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,13 +23,68 @@ import torch
 from fairseq.data import FairseqDataset
 
 from eat_plugin.data.augment import noise_and_time_roll, roll_and_gain
-from eat_plugin.data.fbank import AudioError, FbankFrontEnd, NormStats, read_audio, to_mono_16k
+from eat_plugin.data.fbank import (
+    NUM_MEL_BINS,
+    PATCH_FRAMES,
+    AudioError,
+    FbankFrontEnd,
+    NormStats,
+    read_audio,
+    to_mono_16k,
+)
+from eat_plugin.data.hdf5 import read_h5_audio, split_h5_path
 from eat_plugin.data.manifest import LabelDescriptors, ManifestError, read_labels, read_manifest
+from eat_plugin.modules.masking import compute_block_mask_2d
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 MAX_LOGGED_SKIPS = 20
+MASK_STREAM = 0x6D61736B  # "mask": keeps the mask RNG stream apart from the augmentation stream
+
+
+@dataclass(frozen=True)
+class BlockMaskSpec:
+    """Per-clip inverse block masks precomputed in the dataset (``task.precompute_mask_config``).
+
+    Each clip gets ``clone_batch`` independent masks over its ``(T // 16) x 8`` patch grid from
+    ``compute_block_mask_2d(..., require_same_masks=True)``, so every row keeps the same count.
+    """
+
+    clone_batch: int
+    mask_prob: float
+    mask_prob_adjust: float = 0.0
+    mask_length: int = 5
+    inverse_mask: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.clone_batch, bool) or not isinstance(self.clone_batch, int) or self.clone_batch < 1:
+            raise ValueError(f"clone_batch={self.clone_batch!r}: expected a positive integer (masked copies per clip)")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob={self.mask_prob!r}: expected a fraction strictly between 0 and 1")
+        if self.mask_prob_adjust < 0:
+            raise ValueError(f"mask_prob_adjust={self.mask_prob_adjust!r}: expected >= 0")
+        if isinstance(self.mask_length, bool) or not isinstance(self.mask_length, int) or self.mask_length < 2:
+            raise ValueError(f"mask_length={self.mask_length!r}: block masking needs an integer side >= 2")
+
+    @staticmethod
+    def grid(target_length: int) -> Tuple[int, int]:
+        """Patch grid ``(time, frequency)`` of a ``(target_length, 128)`` fbank: ``(T // 16, 8)``."""
+        return target_length // PATCH_FRAMES, NUM_MEL_BINS // PATCH_FRAMES
+
+    def sample(self, target_length: int, generator: torch.Generator) -> torch.Tensor:
+        """``(clone_batch, N)`` float mask, 1 = masked, ``N = (T // 16) * 8``."""
+        grid = self.grid(target_length)
+        return compute_block_mask_2d(
+            shape=(self.clone_batch, grid[0] * grid[1]),
+            mask_prob=self.mask_prob,
+            mask_length=self.mask_length,
+            mask_prob_adjust=self.mask_prob_adjust,
+            inverse_mask=self.inverse_mask,
+            require_same_masks=True,
+            img_shape=grid,
+            generator=generator,
+        )  # (clone_batch, N)
 
 
 class FbankDataset(FairseqDataset):
@@ -42,7 +102,12 @@ class FbankDataset(FairseqDataset):
         weights_file: one sampling weight per manifest row; each epoch draws ``num_samples`` distinct
             clips with probability proportional to the weights (balanced AudioSet training).
         num_samples: clips drawn per epoch with ``weights_file``.
-        seed: seeds shuffling, weighted draws and augmentation (with the epoch and clip index).
+        seed: seeds shuffling, weighted draws, augmentation and masks (with the epoch and clip index).
+        mask_spec: add ``precomputed_mask`` ``(clone_batch, N)`` to each item (see ``BlockMaskSpec``).
+        h5_format: manifest paths are ``<file.h5>/<key>`` HDF5 datasets at 32 kHz (``eat_plugin.data.hdf5``).
+
+    Items depend only on ``(seed, epoch, index)``, never on the worker that loads them: the epoch lives in
+    shared memory, so fairseq's persistent DataLoader workers see ``set_epoch`` too.
     """
 
     def __init__(
@@ -58,6 +123,8 @@ class FbankDataset(FairseqDataset):
         weights_file: Optional[PathLike] = None,
         num_samples: Optional[int] = None,
         seed: int = 1,
+        mask_spec: Optional[BlockMaskSpec] = None,
+        h5_format: bool = False,
     ):
         super().__init__()
         self.front_end = FbankFrontEnd(target_length, norm)
@@ -67,7 +134,9 @@ class FbankDataset(FairseqDataset):
         self.noise = noise
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 1
+        self.mask_spec = mask_spec
+        self.h5_format = h5_format
+        self._epoch = torch.ones(1, dtype=torch.long).share_memory_()  # (1,), shared with DataLoader workers
         self.kept = self._drop_short_rows(min_sample_size)  # manifest row index of each dataset item
         self.weights = self._load_weights(weights_file) if weights_file else None  # (N,) float64
         self.num_samples = self._check_num_samples(num_samples) if self.weights is not None else None
@@ -122,41 +191,68 @@ class FbankDataset(FairseqDataset):
     def audio_path(self, index: int) -> Path:
         return self.manifest.audio_path(self.kept[index])
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _read(self, relpath: str) -> Tuple[np.ndarray, int, str]:
+        """``(S, C)`` float32 samples, their rate and a name for messages (file, or file + HDF5 key)."""
+        if self.h5_format:
+            file_part, h5_key = split_h5_path(relpath)
+            wave, sample_rate = read_h5_audio(self.manifest.root / file_part, h5_key)  # (S, C)
+            return wave, sample_rate, f"{self.manifest.root / file_part} key {h5_key!r}"
+        path = self.manifest.root / relpath
+        wave, sample_rate = read_audio(path)  # (S, C)
+        return wave, sample_rate, str(path)
 
     def load_fbank(self, index: int) -> torch.Tensor:
         """Read clip ``index`` and return its ``(1, T, 128)`` fbank; errors name the clip and manifest line."""
         row = self.manifest.rows[self.kept[index]]
-        path = self.manifest.root / row.relpath
         try:
-            wave, sample_rate = read_audio(path)  # (S, C)
+            wave, sample_rate, path = self._read(row.relpath)  # (S, C)
             if wave.shape[0] != row.num_samples:
                 raise AudioError(
                     f"{path}: has {wave.shape[0]} samples but the manifest lists {row.num_samples}; "
                     f"the file changed or was truncated since the manifest was written"
                 )
-            wave_16k = to_mono_16k(wave, sample_rate, str(path))  # (S16,)
+            wave_16k = to_mono_16k(wave, sample_rate, path)  # (S16,)
             rng = self._rng(index) if (self.roll_aug or self.noise) else None
             if self.roll_aug:
                 wave_16k = roll_and_gain(wave_16k, rng)  # (S16,)
-            fbank = self.front_end.features(wave_16k, str(path))  # (1, T, 128)
+            fbank = self.front_end.features(wave_16k, path)  # (1, T, 128)
             if self.noise:
                 fbank = noise_and_time_roll(fbank, rng)  # (1, T, 128)
         except (AudioError, FileNotFoundError) as err:
             raise AudioError(f"{self.manifest.path} line {row.line}: {err}") from err
         return fbank
 
+    def mask_generator(self, index: int) -> torch.Generator:
+        """The mask RNG of clip ``index`` this epoch: seeded from ``(seed, epoch, index)`` only."""
+        state = np.random.SeedSequence([self.seed, self.epoch, index, MASK_STREAM]).generate_state(1, np.uint64)
+        return torch.Generator().manual_seed(int(state[0]))
+
+    def precomputed_mask(self, index: int) -> torch.Tensor:
+        """``(clone_batch, N)`` float masks of clip ``index`` (1 = masked); needs ``mask_spec``."""
+        return self.mask_spec.sample(self.front_end.target_length, self.mask_generator(index))  # (clone_batch, N)
+
     def __getitem__(self, index: int) -> Dict:
-        return {"id": index, self.key: self.load_fbank(index)}
+        item = {"id": index, self.key: self.load_fbank(index)}
+        if self.mask_spec is not None:
+            item["precomputed_mask"] = self.precomputed_mask(index)  # (clone_batch, N)
+        return item
 
     def collater(self, samples: Sequence[Dict]) -> Dict:
         if not samples:
             return {}
-        return {
-            "id": torch.LongTensor([s["id"] for s in samples]),  # (B,)
-            "net_input": {self.key: torch.stack([s[self.key] for s in samples])},  # (B, 1, T, 128)
-        }
+        net_input = {self.key: torch.stack([s[self.key] for s in samples])}  # (B, 1, T, 128)
+        if self.mask_spec is not None:
+            # row b * clone_batch + c = clone c of clip b (the model's repeat_interleave order)
+            masks = [s["precomputed_mask"] for s in samples]
+            net_input["precomputed_mask"] = torch.cat(masks)  # (B * clone_batch, N)
+        return {"id": torch.LongTensor([s["id"] for s in samples]), "net_input": net_input}  # id: (B,)
 
     # ------------------------------------------------------------------ fairseq batching
     def num_tokens(self, index: int) -> int:
@@ -166,7 +262,7 @@ class FbankDataset(FairseqDataset):
         return 1
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch  # in shared memory: persistent DataLoader workers see it too
 
     @property
     def can_reuse_epoch_itr_across_epochs(self) -> bool:

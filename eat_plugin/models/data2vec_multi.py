@@ -172,16 +172,24 @@ class Data2VecMultiModel(BaseFairseqModel):
 
     # ------------------------------------------------------------------ EMA schedule
     def set_num_updates(self, num_updates: int) -> None:
+        """fairseq calls this at the START of each train step with the updates done so far; the teacher
+        then folds in the student of that update (decay annealed linearly, reference §3.9)."""
         super().set_num_updates(num_updates)
-        resuming = self.num_updates == 0 and num_updates > 1  # the official guard: no step on resume/load
-        if self.teacher is not None and self.training and not resuming and num_updates > self.num_updates:
+        if self.num_updates == 0 and num_updates > 1:
+            # Loading / resuming. A checkpoint saved after update n holds a teacher that has folded in the
+            # student up to update n-1 (the step for n happens at the start of the next train step). The
+            # official guard sets n here and so loses that step; recording n-1 leaves it to the first train
+            # step, which makes a resumed run identical to an unbroken one.
+            self.num_updates = num_updates - 1
+            return
+        if self.teacher is not None and self.training and num_updates > self.num_updates:
             cfg = self.cfg
             if cfg.ema_decay != cfg.ema_end_decay:
                 self.teacher.decay = annealed_decay(num_updates, cfg.ema_decay, cfg.ema_end_decay,
                                                     cfg.ema_anneal_end_step)
             if self.teacher.decay < 1:
                 self.teacher.step(self)
-        self.num_updates = num_updates
+        self.num_updates = max(self.num_updates, num_updates)
 
     # ------------------------------------------------------------------ features
     def extract_features(self, source: Tensor, mode=None, padding_mask: Optional[Tensor] = None, mask: bool = False,

@@ -1,1 +1,7 @@
-"""Registered fairseq tasks (``mae_image_pretraining``, ``mae_image_classification``): added with the models."""
+"""Registered fairseq tasks: ``mae_image_pretraining`` (here) and ``mae_image_classification`` (with the models)."""
+
+from eat_plugin.tasks.pretraining import (  # noqa: F401
+    ImageMaskingConfig,
+    MaeImagePretrainingConfig,
+    MaeImagePretrainingTask,
+)
