@@ -8,7 +8,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
-RUNTIME = ("torch", "torchaudio", "ve-fairseq", "hydra-core", "omegaconf", "numpy", "soundfile")
+RUNTIME = ("torch", "torchaudio", "ve-fairseq", "hydra-core", "omegaconf", "numpy", "soundfile", "h5py")
 TEST = ("pytest",)
 
 
