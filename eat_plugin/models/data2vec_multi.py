@@ -285,10 +285,7 @@ class Data2VecMultiModel(BaseFairseqModel):
                 clip_of_row: Tensor) -> Dict:
         cfg = self.cfg
         clip_index = clip_of_row.unsqueeze(1)  # (R, 1)
-        row_index = torch.arange(pred.size(0), device=pred.device).unsqueeze(1)  # (R, 1)
-        dim = pred.size(-1)
-        pred_masked = pred[row_index, info.ids_masked].reshape(-1, dim)  # (M, D), official boolean-mask order
-        target_masked = targets[clip_index, info.ids_masked].reshape(-1, dim)  # (M, D)
+        pred_masked, target_masked = self._gather_masked(pred, targets, info, clip_of_row)  # (M, D) each
         sample_size = pred_masked.size(0)
         losses: Dict[str, Tensor] = {}
         if cfg.cls_loss > 0:
@@ -310,6 +307,17 @@ class Data2VecMultiModel(BaseFairseqModel):
                 "target_var": compute_var(target_masked),
                 "ema_decay": self.teacher.decay * 1000,
             }
+
+    def _gather_masked(self, pred: Tensor, targets: Tensor, info: MaskInfo, clip_of_row: Tensor) -> Tuple[Tensor, Tensor]:
+        """Predictions and targets at the masked patches, in the official boolean-mask order (row, patch).
+
+        Targets are gathered from their clip directly: no ``(R, N, D)`` copy per clone.
+        """
+        dim = pred.size(-1)
+        row_index = torch.arange(pred.size(0), device=pred.device).unsqueeze(1)  # (R, 1)
+        pred_masked = pred[row_index, info.ids_masked].reshape(-1, dim)  # (M, D)
+        target_masked = targets[clip_of_row.unsqueeze(1), info.ids_masked].reshape(-1, dim)  # (M, D)
+        return pred_masked, target_masked
 
     def _utterance_loss(self, student: Tensor, targets: Tensor) -> Tensor:
         """Student CLS vs the clip's mean target: ``(R, D)`` regression, or the DINO scalar."""
