@@ -100,3 +100,30 @@ def compute_var(y: Tensor) -> Tensor:
         var = total_sq / (count - 1) - total**2 / (count * (count - 1))
         return torch.sqrt(var + 1e-6).mean()
     return torch.sqrt(y.var(dim=0) + 1e-6).mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fine-tuning (reference §4.4). B clips, C classes; ``labels`` are class indices (B,) or vectors (B, C).
+
+
+def label_vectors(labels: Tensor, num_classes: int) -> Tensor:
+    """Class indices ``(B,)`` -> one-hot ``(B, C)``; label vectors pass through as float."""
+    if labels.dim() == 1:
+        return F.one_hot(labels.long(), num_classes).float()
+    return labels.float()
+
+
+def soft_target_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """``-y · log_softmax(x)`` element-wise: ``(B, C)`` (mixup targets)."""
+    return -labels * F.log_softmax(logits.float(), dim=-1)
+
+
+def cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy per clip ``(B,)``; labels as indices or probability vectors."""
+    target = labels.long() if labels.dim() == 1 else labels.float()
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing, reduction="none")
+
+
+def binary_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Multi-label BCE-with-logits, element-wise ``(B, C)``."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")

@@ -1,3 +1,8 @@
-"""Registered fairseq models: ``data2vec_multi`` (pre-training); ``mae_image_classification`` arrives next."""
+"""Registered fairseq models: ``data2vec_multi`` (pre-training) and ``mae_image_classification`` (fine-tuning)."""
 
 from eat_plugin.models.data2vec_multi import Data2VecMultiConfig, Data2VecMultiModel  # noqa: F401
+from eat_plugin.models.mae_image_classification import (  # noqa: F401
+    MaeImageClassificationConfig,
+    MaeImageClassificationModel,
+    PredictionMode,
+)

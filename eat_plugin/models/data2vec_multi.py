@@ -35,7 +35,11 @@ from eat_plugin.modules.masking import MaskInfo, compute_block_mask_2d, make_mas
 logger = logging.getLogger(__name__)
 
 MODALITY = "IMAGE"  # the official (data2vec) name of the spectrogram encoder; kept for checkpoint keys
-NO_WEIGHT_DECAY = {"optimizer": {"weight_decay_scale": 0}}
+
+
+def no_weight_decay() -> dict:
+    """A fresh fairseq composite-optimizer override: no weight decay for this parameter."""
+    return {"optimizer": {"weight_decay_scale": 0}}
 
 
 def make_block(cfg: Data2VecMultiConfig, drop_path: float) -> PostLNBlock:
@@ -129,7 +133,7 @@ class Data2VecMultiModel(BaseFairseqModel):
             encoder.reset_parameters()  # the decoder's output projection back to PyTorch's default
         for name, param in self.named_parameters():
             if param.ndim == 1 or name.endswith(".bias") or "alibi_scale" in name:
-                param.optim_overrides = NO_WEIGHT_DECAY  # read by fairseq's composite optimizer
+                param.optim_overrides = no_weight_decay()  # read by fairseq's composite optimizer
 
     def _teacher_network(self) -> TeacherEncoder:
         encoder = copy.deepcopy(self.modality_encoders[MODALITY])

@@ -1,0 +1,283 @@
+"""EAT fine-tuning model, registered as ``mae_image_classification`` (the official name).
+
+A pre-trained ``data2vec_multi`` backbone (teacher, decoder and clones removed) + pooling + LayerNorm
++ linear head. The pre-training config is stored in ``pretrained_model_args``, so a fine-tuned
+checkpoint rebuilds its backbone without the pre-training file.
+
+Step: mixup -> SpecAugment -> backbone -> pool (CLS / mean / lin-softmax) -> fc_norm -> head -> loss.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from fairseq import checkpoint_utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from omegaconf import II, MISSING, DictConfig, OmegaConf, open_dict
+from torch import Tensor, nn
+
+from eat_plugin.data.fbank import NUM_MEL_BINS, check_target_length
+from eat_plugin.losses import binary_cross_entropy, cross_entropy, label_vectors, soft_target_cross_entropy
+from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay
+from eat_plugin.models.pretraining_config import Data2VecMultiConfig
+from eat_plugin.modules.batch_augment import BatchMixup, spec_augment
+
+logger = logging.getLogger(__name__)
+
+# keys the official loader adds to / leaves in a stored pre-training model config
+_OFFICIAL_OVERRIDE_KEYS = ("drop_path_rate", "mae_masking")
+
+
+class PredictionMode(Enum):
+    MEAN_POOLING = auto()
+    CLS_TOKEN = auto()
+    LIN_SOFTMAX = auto()
+
+
+@dataclass
+class MaeImageClassificationConfig(FairseqDataclass):
+    """Every field of the official config (reference §2.5), official defaults."""
+
+    model_path: str = field(default=MISSING, metadata={"help": "pre-trained data2vec_multi checkpoint"})
+    no_pretrained_weights: bool = field(default=False, metadata={"help": "same architecture, random init"})
+    linear_classifier: bool = field(default=False, metadata={"help": "freeze the backbone (linear probing)"})
+    num_classes: int = 1000
+    mixup: float = field(default=0.0, metadata={"help": "mixup Beta alpha (0: off)"})
+    cutmix: float = field(default=0.0, metadata={"help": "cutmix Beta alpha (0: off)"})
+    label_smoothing: float = 0.0
+    drop_path_rate: float = field(default=0.1, metadata={"help": "block i gets linspace(0, rate, depth)[i]"})
+    layer_decay: float = field(default=0.65, metadata={"help": "block i lr x layer_decay^(depth - i)"})
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.0
+    mixup_mode: str = "batch"
+    pretrained_model_args: Any = None
+    data: str = II("task.data")
+    norm_eps: Optional[float] = None
+    remove_alibi: bool = False
+    encoder_dropout: float = 0
+    post_mlp_drop: float = 0
+    attention_dropout: float = 0
+    activation_dropout: float = 0.0
+    dropout_input: float = 0.0
+    layerdrop: float = 0.0
+    prenet_layerdrop: float = 0
+    prenet_dropout: float = 0
+    use_fc_norm: bool = True
+    prediction_mode: PredictionMode = PredictionMode.CLS_TOKEN
+    no_decay_blocks: bool = True
+    audio_mae: bool = False
+    esc50_eval: bool = False
+    spcv2_eval: bool = False
+    target_length: int = 1024
+    specaug: bool = False
+    freqm: float = 25
+    timem: float = 200
+    mask_ratio: float = field(default=0.0, metadata={"help": "!= 0: freqm = 128 x ratio, timem = T x ratio"})
+
+
+@register_model("mae_image_classification", dataclass=MaeImageClassificationConfig)
+class MaeImageClassificationModel(BaseFairseqModel):
+    def __init__(self, cfg: MaeImageClassificationConfig):
+        super().__init__()
+        check_target_length(cfg.target_length, "model.target_length")
+        self.cfg = cfg
+        self.model = build_backbone(cfg)  # official attribute name: checkpoint keys are `model.*`
+        dim = self.model.cfg.embed_dim
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if cfg.use_fc_norm else None
+        self.head = nn.Linear(dim, cfg.num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.mixup = (BatchMixup(cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.mixup_mode)
+                      if cfg.mixup > 0 or cfg.cutmix > 0 else None)
+        self.freqm = NUM_MEL_BINS * cfg.mask_ratio if cfg.mask_ratio else cfg.freqm
+        self.timem = cfg.target_length * cfg.mask_ratio if cfg.mask_ratio else cfg.timem
+        self.prediction_mode = _prediction_mode(cfg.prediction_mode)
+        self.single_label = not cfg.audio_mae or cfg.esc50_eval or cfg.spcv2_eval
+        if cfg.linear_classifier:
+            self.model.requires_grad_(False)
+        self._set_optim_overrides()
+
+    @classmethod
+    def build_model(cls, cfg: MaeImageClassificationConfig, task=None) -> "MaeImageClassificationModel":
+        return cls(cfg)
+
+    def _set_optim_overrides(self) -> None:
+        """Layer-wise lr decay over the blocks; no weight decay for 1-D / bias / fc_norm / head bias."""
+        if self.cfg.layer_decay < 1:
+            encoder = next(iter(self.model.modality_encoders.values()))
+            blocks = list(encoder.context_encoder.blocks) + list(self.model.blocks)
+            scales = layer_scales(len(blocks), self.cfg.layer_decay)  # block i -> decay^(L - i)
+            for name, param in self.model.named_parameters():
+                param.optim_overrides = {"optimizer": {"weight_decay_scale": 0} if param.ndim == 1 or name.endswith(".bias") else {}}
+            for block, scale in zip(blocks, scales):
+                if scale == 1.0:
+                    continue
+                for param in block.parameters():
+                    if self.cfg.no_decay_blocks:
+                        param.optim_overrides["optimizer"]["lr_scale"] = scale
+                    else:  # the official behaviour: the override is replaced, so 1-D params get weight decay
+                        param.optim_overrides = {"optimizer": {"lr_scale": scale}}
+        for param in [*(self.fc_norm.parameters() if self.fc_norm is not None else []), self.head.bias]:
+            param.optim_overrides = no_weight_decay()
+
+    # ------------------------------------------------------------------ features
+    def extract_features(self, source: Tensor, padding_mask: Optional[Tensor] = None, mask: bool = False,
+                         remove_extra_tokens: bool = True) -> Dict:
+        """The backbone's features (works on fine-tuned models too; see official EAT issue #5)."""
+        return self.model.extract_features(source, padding_mask=padding_mask, mask=mask,
+                                           remove_extra_tokens=remove_extra_tokens)
+
+    def pooled_features(self, imgs: Tensor) -> Tensor:
+        """``(B, 1, T, 128)`` -> pooled backbone features ``(B, D)``."""
+        keep_cls = self.prediction_mode == PredictionMode.CLS_TOKEN
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.linear_classifier):
+            x = self.model.extract_features(imgs, mask=False, remove_extra_tokens=not keep_cls)["x"]  # (B, [1+]N, D)
+        if self.prediction_mode == PredictionMode.CLS_TOKEN:
+            return x[:, 0]  # (B, D)
+        if self.prediction_mode == PredictionMode.MEAN_POOLING:
+            return x.mean(dim=1)  # (B, D)
+        return _linear_softmax_pool(x)  # (B, D)
+
+    # ------------------------------------------------------------------ step
+    def forward(self, imgs: Tensor, label: Optional[Tensor] = None):
+        """Logits ``(B, C)`` without labels; with labels, the loss dict fairseq's criterion reads.
+
+        ``label``: class indices ``(B,)`` or label vectors ``(B, C)`` (the datasets give multi-hot vectors).
+        """
+        labels = label
+        if self.training and self.mixup is not None and labels is not None:
+            imgs, labels = self.mixup(imgs, label_vectors(labels, self.cfg.num_classes))
+        if self.training and self.cfg.specaug:
+            imgs = spec_augment(imgs, self.freqm, self.timem)
+        x = self.pooled_features(imgs)  # (B, D)
+        if self.fc_norm is not None:
+            x = self.fc_norm(x)
+        logits = self.head(x)  # (B, C)
+        if labels is None:
+            return logits
+        return self._loss(torch.nan_to_num(logits), labels)
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Dict[str, Any]:
+        cfg = self.cfg
+        if not self.single_label:  # AudioSet: multi-label BCE, normalised by the positive label mass
+            labels = label_vectors(labels, cfg.num_classes)
+            result = {"losses": {"main": binary_cross_entropy(logits, labels)}, "sample_size": labels.sum()}
+            if not self.training:
+                result["_predictions"] = torch.sigmoid(logits)
+                result["_targets"] = labels
+            return result
+        if self.training and self.mixup is not None and not cfg.spcv2_eval:
+            loss = soft_target_cross_entropy(logits, label_vectors(labels, cfg.num_classes))  # (B, C)
+        elif self.mixup is not None and cfg.spcv2_eval:
+            loss = binary_cross_entropy(logits, label_vectors(labels, cfg.num_classes))  # (B, C)
+        else:
+            loss = cross_entropy(logits, labels, cfg.label_smoothing if self.training else 0.0)  # (B,)
+        result = {"losses": {"regression": loss}, "sample_size": logits.size(0)}
+        if not self.training:
+            with torch.no_grad():
+                truth = labels.argmax(-1) if labels.dim() == 2 else labels
+                result["correct"] = (logits.argmax(-1) == truth).sum()
+        return result
+
+
+def layer_scales(num_blocks: int, layer_decay: float):
+    """lr scale of block i (0-based): ``layer_decay ** (num_blocks - i)`` (the official indexing)."""
+    return [layer_decay ** (num_blocks - i) for i in range(num_blocks)]
+
+
+def _prediction_mode(value) -> PredictionMode:
+    if isinstance(value, PredictionMode):
+        return value
+    name = str(value).split(".")[-1]
+    if name not in PredictionMode.__members__:
+        raise ValueError(f"model.prediction_mode={value!r}: expected one of {list(PredictionMode.__members__)}")
+    return PredictionMode[name]
+
+
+def _linear_softmax_pool(x: Tensor) -> Tensor:
+    """The official LIN_SOFTMAX pooling over patches (CLS removed): ``(B, N, D)`` -> ``(B, D)``."""
+    dtype = x.dtype
+    x = torch.nn.functional.logsigmoid(x.float())
+    x = torch.logsumexp(x + x, dim=1) - torch.logsumexp(x + 1e-6, dim=1)
+    x = x.clamp(max=0)
+    x = x - torch.log(-torch.expm1(x))
+    return torch.nan_to_num(x, nan=0, posinf=0, neginf=0).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backbone construction from the pre-training checkpoint / its stored config
+
+
+def pretrained_args(cfg: MaeImageClassificationConfig):
+    """The pre-training run's config and, on first build, its checkpoint state.
+
+    Returns ``(args, state)``: ``state`` is None when the config is already stored in
+    ``cfg.pretrained_model_args`` (reloading a fine-tuned checkpoint, no pre-training file needed).
+    """
+    if cfg.pretrained_model_args is not None:
+        return cfg.pretrained_model_args, None
+    if _missing(cfg, "model_path"):
+        raise ValueError("model.model_path must name the pre-trained checkpoint (or set model.pretrained_model_args)")
+    state = checkpoint_utils.load_checkpoint_to_cpu(cfg.model_path, {})
+    args = state.get("cfg")
+    if args is None:
+        raise ValueError(f"{cfg.model_path}: checkpoint has no 'cfg'; expected a fairseq checkpoint of data2vec_multi")
+    args = OmegaConf.create(OmegaConf.to_container(args)) if not isinstance(args, DictConfig) else args
+    with open_dict(args):
+        args.criterion = None
+        args.lr_scheduler = None
+    with open_dict(cfg):
+        cfg.pretrained_model_args = args  # saved with the fine-tuned checkpoint
+    return args, state
+
+
+def _missing(cfg, key: str) -> bool:
+    if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, key):
+        return True
+    return getattr(cfg, key, None) in (None, "", MISSING)
+
+
+def backbone_config(cfg: MaeImageClassificationConfig, args) -> Data2VecMultiConfig:
+    """The pre-training model config with the fine-tuning overrides (reference §4.1 step 3)."""
+    model_args = OmegaConf.to_container(args.model if "model" in args else args, resolve=True)
+    name = model_args.get("_name", "data2vec_multi")
+    if name != "data2vec_multi":
+        raise ValueError(f"{cfg.model_path}: the pre-trained model is {name!r}; expected 'data2vec_multi'")
+    known = set(Data2VecMultiConfig.__dataclass_fields__)
+    unknown = sorted(k for k in model_args if k not in known)
+    for key in unknown:
+        if key not in _OFFICIAL_OVERRIDE_KEYS:
+            logger.warning(f"ignoring unknown pre-training model config field {key!r}")
+        model_args.pop(key)
+    drop_path = np.linspace(0, cfg.drop_path_rate, model_args.get("depth", 12))
+    image = model_args.setdefault("modalities", {}).setdefault("image", {})
+    model_args.update(
+        start_drop_path_rate=float(drop_path[0]), end_drop_path_rate=float(drop_path[-1]),
+        encoder_dropout=cfg.encoder_dropout, post_mlp_drop=cfg.post_mlp_drop,
+        attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
+        dropout_input=cfg.dropout_input, layerdrop=cfg.layerdrop,
+    )
+    if cfg.norm_eps is not None:
+        model_args["norm_eps"] = cfg.norm_eps
+    image.update(start_drop_path_rate=float(drop_path[0]), end_drop_path_rate=float(drop_path[-1]),
+                 prenet_layerdrop=cfg.prenet_layerdrop, prenet_dropout=cfg.prenet_dropout,
+                 target_length=cfg.target_length)
+    if cfg.remove_alibi:
+        image["use_alibi_encoder"] = False
+    return OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig), model_args)
+
+
+def build_backbone(cfg: MaeImageClassificationConfig) -> Data2VecMultiModel:
+    """Build the pre-trained backbone, load its weights strictly (first build), drop pre-training parts."""
+    args, state = pretrained_args(cfg)
+    backbone = Data2VecMultiModel(backbone_config(cfg, args), skip_ema=True)
+    if state is not None and not cfg.no_pretrained_weights:
+        weights = dict(state["model"])
+        backbone.upgrade_state_dict_named(weights, "")  # legacy position-table key names
+        backbone.load_state_dict(weights, strict=True)  # `_ema` is dropped: no teacher here
+    backbone.remove_pretraining_modules()
+    return backbone
