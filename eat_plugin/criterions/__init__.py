@@ -1,3 +1,3 @@
 """Registered fairseq criterions. fairseq does not auto-import a user dir's criterions/: eat_plugin imports this."""
 
-from eat_plugin.criterions import pretraining  # noqa: F401
+from eat_plugin.criterions import classification, pretraining  # noqa: F401

@@ -1,7 +1,11 @@
-"""Registered fairseq tasks: ``mae_image_pretraining`` (here) and ``mae_image_classification`` (with the models)."""
+"""Registered fairseq tasks: ``mae_image_pretraining`` and ``mae_image_classification``."""
 
 from eat_plugin.tasks.pretraining import (  # noqa: F401
     ImageMaskingConfig,
     MaeImagePretrainingConfig,
     MaeImagePretrainingTask,
+)
+from eat_plugin.tasks.classification import (  # noqa: F401
+    MaeImageClassificationConfig,
+    MaeImageClassificationTask,
 )

@@ -1,0 +1,203 @@
+"""The ``mae_image_classification`` task: labelled fbank clips and the fine-tuning metrics (reference §2.7, §4.6).
+
+The config is the pre-training task's (every official field, the same normalisation, augmentation and
+weighted-sampling rules) plus the two official label fields. Per split it reads
+
+    {data}/{split}.tsv               the manifest
+    {data}/{split}.{labels}          one ``key<TAB>id1,id2,...`` line per manifest row
+    {data}/{label_descriptors}       ``index,id,"name"`` class table, read once at setup
+
+and yields ``net_input = {"imgs": (B, 1, T, 128), "label": (B, C)}``. ``esc50_eval`` / ``spcv2_eval``
+select a single-label data set (exactly one label per clip) as well as the statistics; otherwise clips
+are multi-label (AudioSet).
+
+Metrics, computed over the whole validation set (fairseq aggregates every validation batch):
+
+* ``mAP``: when the logging outputs carry ``_predictions`` / ``_targets`` (AudioSet recipes); a
+  fraction, like the official one.
+* ``accuracy``: ``100 * sum(correct) / sum(sample_size)`` when they carry ``correct`` (ESC-50, SPCv2).
+
+Both can be ``checkpoint.best_checkpoint_metric`` (with ``maximize_best_checkpoint_metric: true``).
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import torch
+from fairseq import utils
+from fairseq.logging import metrics
+from fairseq.logging.meters import MetersDict
+from fairseq.tasks import register_task
+
+from eat_plugin.data.datasets import LabelledFbankDataset
+from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors
+from eat_plugin.metrics import accuracy, mean_average_precision
+from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig, MaeImagePretrainingTask
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_KEYS = ("_predictions", "_targets")  # (B, C) tensors logged by the multi-label model in eval mode
+
+
+@dataclass
+class MaeImageClassificationConfig(MaeImagePretrainingConfig):
+    label_descriptors: str = field(
+        default="label_descriptors.csv", metadata={"help": "class table 'index,id,name', relative to task.data"}
+    )
+    labels: str = field(default="lbl", metadata={"help": "label file extension: {data}/{split}.{labels}"})
+
+
+def check_classification_config(cfg: MaeImageClassificationConfig) -> None:
+    """What fine-tuning needs beyond the pre-training checks; errors name the ``task.*`` field."""
+    if cfg.precompute_mask_config is not None:
+        raise ValueError(
+            "task.precompute_mask_config is set: fine-tuning does not mask its input in the dataset "
+            "(model.mask_ratio / specaug set the SpecAugment masks); leave it unset (null)"
+        )
+    if cfg.key != "imgs":
+        raise ValueError(
+            f"task.key={cfg.key!r}: the classification model is called as forward(imgs, label); keep 'imgs'"
+        )
+    if not cfg.labels or "/" in cfg.labels:
+        raise ValueError(f"task.labels={cfg.labels!r}: expected a file extension such as 'lbl'")
+
+
+@register_task("mae_image_classification", dataclass=MaeImageClassificationConfig)
+class MaeImageClassificationTask(MaeImagePretrainingTask):
+    """Fbank clips with multi-hot (or one-hot) label vectors; ``mAP`` / ``accuracy`` validation metrics."""
+
+    cfg: MaeImageClassificationConfig
+
+    def __init__(self, cfg: MaeImageClassificationConfig):
+        check_classification_config(cfg)
+        super().__init__(cfg)
+        self.label_descriptors: LabelDescriptors = read_label_descriptors(self.descriptors_path)
+        # the official task state: {label id: class index as a string}
+        self.state.merge_state_dict({"labels": self.label_table()})
+
+    @classmethod
+    def setup_task(cls, cfg: MaeImageClassificationConfig, **kwargs) -> "MaeImageClassificationTask":
+        return cls(cfg)
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def descriptors_path(self) -> Path:
+        return Path(self.cfg.data) / self.cfg.label_descriptors
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_descriptors)
+
+    @property
+    def multi_label(self) -> bool:
+        """AudioSet-style multi-label data unless ``esc50_eval`` / ``spcv2_eval`` (one label per clip)."""
+        return not (self.cfg.esc50_eval or self.cfg.spcv2_eval)
+
+    def label_table(self) -> Dict[str, str]:
+        return {label_id: str(index) for index, label_id in enumerate(self.label_descriptors.ids)}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Merge a checkpoint's task state; warn if its class table is not this data set's."""
+        stored = state_dict.get("labels")
+        if stored is not None and dict(stored) != self.label_table():
+            logger.warning(
+                f"the checkpoint's class table ({len(stored)} labels) differs from {self.descriptors_path} "
+                f"({self.num_classes} labels): class indices may mean different classes"
+            )
+        super().load_state_dict(state_dict)
+        self.state.merge_state_dict({"labels": self.label_table()})  # the table in use is the data set's
+
+    # ------------------------------------------------------------------ data
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> LabelledFbankDataset:
+        cfg = self.cfg
+        dataset_kwargs = self.dataset_kwargs(split)
+        self.datasets[split] = dataset = LabelledFbankDataset(
+            manifest_path=dataset_kwargs.pop("manifest_path"),
+            labels_path=Path(cfg.data) / f"{split}.{cfg.labels}",
+            descriptors=self.label_descriptors,
+            multi_label=self.multi_label,
+            **dataset_kwargs,
+        )
+        kind = "multi-label" if self.multi_label else "single-label"
+        logger.info(
+            f"{split}: {len(dataset)} clips from {dataset.manifest.path}, {self.num_classes} classes ({kind}), "
+            f"{dataset.front_end}"
+        )
+        return dataset
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, cfg: Any, from_checkpoint: bool = False):
+        """Check ``model.num_classes`` against the class table, then fairseq's default build."""
+        num_classes = getattr(cfg, "num_classes", None)
+        if num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(
+                f"model.num_classes={num_classes} but {self.descriptors_path} lists {self.num_classes} classes; "
+                f"set model.num_classes={self.num_classes}"
+            )
+        warn_on_flag_mismatch(self.cfg, cfg)
+        return super().build_model(cfg, from_checkpoint)
+
+    # ------------------------------------------------------------------ metrics
+    def reduce_metrics(self, logging_outputs: List[Dict[str, Any]], criterion) -> None:
+        super().reduce_metrics(logging_outputs, criterion)
+        if any(PREDICTION_KEYS[0] in log for log in logging_outputs):
+            log_predictions(logging_outputs, self.num_classes)
+        elif any("correct" in log for log in logging_outputs):
+            log_accuracy(logging_outputs)
+
+    def post_validate(self, model, stats: Dict[str, Any], agg: MetersDict) -> None:
+        """After a validation pass: say over how many classes the ``mAP`` was averaged."""
+        if PREDICTION_KEYS[0] not in agg or agg[PREDICTION_KEYS[0]].tensor is None:
+            return
+        result = map_of_meters(agg)
+        c = len(result.per_class_ap)
+        logger.info(
+            f"mAP over {c - result.num_skipped} of {c} classes; {result.num_skipped} classes have no positives "
+            f"in the validation set"
+        )
+
+
+def warn_on_flag_mismatch(task_cfg: MaeImageClassificationConfig, model_cfg: Any) -> None:
+    """The official recipes set these in both sections; a difference is most likely a forgotten override."""
+    for name in ("esc50_eval", "spcv2_eval", "target_length"):
+        model_value = getattr(model_cfg, name, None)
+        if model_value is not None and model_value != getattr(task_cfg, name):
+            logger.warning(
+                f"task.{name}={getattr(task_cfg, name)!r} but model.{name}={model_value!r}; the official recipes "
+                f"set both to the same value"
+            )
+
+
+def _rows(value: Any, num_classes: int) -> torch.Tensor:
+    """A logged ``(B, C)`` tensor on the CPU (fairseq's ``model`` criterion turns a 1-element one into a float)."""
+    tensor = torch.as_tensor(value).detach().float().cpu()
+    return tensor if tensor.dim() == 2 else tensor.reshape(-1, num_classes)
+
+
+def log_predictions(logging_outputs: Sequence[Dict[str, Any]], num_classes: int) -> None:
+    """Concatenate ``_predictions`` / ``_targets`` over batches and derive ``mAP`` from the whole set."""
+    for key in PREDICTION_KEYS:
+        parts = [_rows(log[key], num_classes) for log in logging_outputs if key in log]
+        if len(parts) != sum(PREDICTION_KEYS[0] in log for log in logging_outputs):
+            raise ValueError(
+                f"logging outputs carry {PREDICTION_KEYS[0]} but not {key}: list both {list(PREDICTION_KEYS)} "
+                f"in criterion.log_keys"
+            )
+        metrics.log_concat_tensor(key, torch.cat(parts))  # (sum B, C)
+    metrics.log_derived("mAP", lambda meters: map_of_meters(meters).mAP)
+
+
+def map_of_meters(meters: MetersDict):
+    """``mean_average_precision`` over the concatenated ``_predictions`` / ``_targets`` meters."""
+    predictions, targets = (meters[key].tensor for key in PREDICTION_KEYS)  # (N, C) each
+    return mean_average_precision(predictions.numpy(), targets.numpy())
+
+
+def log_accuracy(logging_outputs: Sequence[Dict[str, Any]]) -> None:
+    """Sum ``correct`` and ``sample_size`` (clips) over batches; derive ``accuracy`` in percent."""
+    logs = [log for log in logging_outputs if "correct" in log]
+    metrics.log_scalar("_correct", utils.item(sum(log["correct"] for log in logs)))
+    metrics.log_scalar("_total", utils.item(sum(log.get("sample_size", 0) for log in logs)))
+    metrics.log_derived("accuracy", lambda meters: accuracy(meters["_correct"].sum, meters["_total"].sum))

@@ -1,0 +1,578 @@
+"""Fine-tuning: the ``mae_image_classification`` task, the ``eat_classification`` criterion, the
+fine-tuning recipes and scripts/run_esc50_folds.py (CPU, seconds; no model is trained)."""
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import logging
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq import tasks as fairseq_tasks
+from fairseq.dataclass.initialize import add_defaults, hydra_init
+from fairseq.logging import metrics
+from fairseq.tasks import FairseqTask
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+from torch import nn
+
+from conftest import REPO, broadband, write_wav
+from eat_plugin.checkpoint import load_checkpoint
+from eat_plugin.criterions.classification import EATClassificationCriterion
+from eat_plugin.data.fbank import NORM_STATS
+from eat_plugin.data.manifest import Clip, ManifestError, write_label_descriptors, write_split
+from eat_plugin.metrics import mean_average_precision
+from eat_plugin.tasks.classification import MaeImageClassificationConfig, MaeImageClassificationTask
+from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig
+
+RECIPES = REPO / "config" / "finetuning"
+RECIPE_NAMES = ("as2m", "as20k", "esc50", "spcv2", "tiny")
+IDS = ["dog", "rain", "siren", "bell"]
+SECONDS = 0.7  # 11200 samples: above min_sample_size 10000
+
+# reference §2.6 / §2.7: every field of the official fine-tuning task config and its default
+OFFICIAL_DEFAULTS = dict(
+    multi_data=None, input_size=224, local_cache_path=None, key="imgs", beit_transforms=False,
+    target_transform=False, no_transform=False, rebuild_batches=True, precompute_mask_config=None, subsample=1,
+    dataset_type="imagefolder", audio_mae=False, h5_format=False, downsr_16hz=False, target_length=1024,
+    flexible_mask=False, esc50_eval=False, spcv2_eval=False, AS2M_finetune=False, spcv1_finetune=False,
+    roll_aug=False, noise=False, weights_file="", num_samples=200000, is_finetuning=False,
+    label_descriptors="label_descriptors.csv", labels="lbl",
+)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def make_data(root: Path, labels: List[List[str]], split: str = "train", ids: List[str] = IDS) -> Path:
+    """``{split}.tsv`` / ``.lbl`` over generated clips with the given label ids, plus the class table."""
+    clips = []
+    for i, clip_labels in enumerate(labels):
+        write_wav(root / "audio" / f"{split}{i}.wav", broadband(SECONDS, seed=i), 16000)
+        clips.append(Clip(f"{split}{i}.wav", int(SECONDS * 16000), tuple(clip_labels)))
+    write_split(root, split, root / "audio", clips)
+    write_label_descriptors(root / "label_descriptors.csv", ids, [i.title() for i in ids])
+    return root
+
+
+def task_cfg(data: Path, **overrides):
+    values = dict(data=str(data), seed=1, target_length=64)
+    values.update(overrides)
+    return OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), values)
+
+
+def make_task(data: Path, **overrides) -> MaeImageClassificationTask:
+    return MaeImageClassificationTask.setup_task(task_cfg(data, **overrides))
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def test_official_fields_and_defaults():
+    fields = {f.name: f for f in dataclasses.fields(MaeImageClassificationConfig)}
+    for name, default in OFFICIAL_DEFAULTS.items():
+        assert fields[name].default == default, name
+    assert issubclass(MaeImageClassificationConfig, MaeImagePretrainingConfig)
+    assert set(fields) - {f.name for f in dataclasses.fields(MaeImagePretrainingConfig)} == {
+        "label_descriptors", "labels"}
+    node = OmegaConf.structured(MaeImageClassificationConfig)
+    assert OmegaConf.is_missing(node, "data") and OmegaConf.to_container(node)["seed"] == "${common.seed}"
+
+
+def test_every_official_field_is_accepted_and_registers_with_fairseq(tmp_path):
+    data = make_data(tmp_path, [["dog"], ["rain"]])
+    every = dict(OFFICIAL_DEFAULTS, _name="mae_image_classification", data=str(data), seed=3, target_length=64,
+                 input_size=128, no_transform=True, rebuild_batches=False, audio_mae=True, downsr_16hz=True,
+                 roll_aug=True, noise=True, esc50_eval=True, is_finetuning=True, weights_file="unused.csv")
+    task = fairseq_tasks.setup_task(OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), every))
+    assert isinstance(task, MaeImageClassificationTask)
+    dataset = task.load_dataset("train")
+    assert (dataset.seed, dataset.roll_aug, dataset.noise, dataset.shuffle) == (3, True, True, True)
+    assert task.num_classes == 4 and task.label_descriptors.ids == IDS and not task.multi_label
+    assert task.state_dict() == {"labels": {"dog": "0", "rain": "1", "siren": "2", "bell": "3"}}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(precompute_mask_config={}), r"task\.precompute_mask_config is set"),
+    (dict(key="source"), r"task\.key='source'.*forward\(imgs, label\)"),
+    (dict(AS2M_finetune=True), r"task\.AS2M_finetune=true .* set task\.weights_file"),
+    (dict(subsample=0.5), r"task\.subsample=0\.5 is not supported"),
+])
+def test_bad_values_raise_naming_the_field(tmp_path, overrides, message):
+    make_data(tmp_path, [["dog"]])
+    with pytest.raises(ValueError, match=message):
+        make_task(tmp_path, **overrides)
+
+
+def test_missing_descriptors_name_the_file(tmp_path):
+    make_data(tmp_path, [["dog"]])
+    with pytest.raises(FileNotFoundError, match="classes.csv: label descriptors file not found"):
+        make_task(tmp_path, label_descriptors="classes.csv")
+
+
+# ------------------------------------------------------------------------------------- datasets
+
+
+def test_multi_label_dataset(tmp_path):
+    data = make_data(tmp_path, [["dog", "siren"], ["rain"], ["bell", "dog", "rain"]], split="eval")
+    task = make_task(data)
+    assert task.multi_label
+    dataset = task.load_dataset("eval")
+    assert not (dataset.shuffle or dataset.roll_aug) and dataset.front_end.stats == NORM_STATS["audioset"]
+    batch = dataset.collater([dataset[i] for i in range(3)])
+    assert set(batch["net_input"]) == {"imgs", "label"}
+    assert batch["net_input"]["imgs"].shape == (3, 1, 64, 128)
+    expected = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1]])
+    torch.testing.assert_close(batch["net_input"]["label"], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flag, stats", [("esc50_eval", "esc50"), ("spcv2_eval", "spcv2")])
+def test_single_label_dataset(tmp_path, flag, stats):
+    data = make_data(tmp_path, [["siren"], ["dog"]], split="eval")
+    task = make_task(data, **{flag: True})
+    assert not task.multi_label
+    dataset = task.load_dataset("eval")
+    assert dataset.front_end.stats == NORM_STATS[stats]
+    batch = dataset.collater([dataset[0], dataset[1]])
+    torch.testing.assert_close(batch["net_input"]["label"], torch.tensor([[0.0, 0, 1, 0], [1, 0, 0, 0]]))
+    make_data(tmp_path, [["siren"], ["dog", "bell"]], split="train")
+    with pytest.raises(ManifestError, match=r"train\.lbl: the clip of manifest line 3 .* has 2 labels"):
+        task.load_dataset("train")
+
+
+def test_label_file_extension_and_short_clips(tmp_path):
+    data = make_data(tmp_path, [["dog"], ["rain"]], split="eval")
+    (data / "eval.lbl").rename(data / "eval.labels")
+    task = make_task(data, labels="labels", min_sample_size=11201)  # both clips have 11200 samples
+    with pytest.raises(ManifestError, match="no clips left"):
+        task.load_dataset("eval")
+    dataset = make_task(data, labels="labels").load_dataset("eval")
+    assert dataset.labels == [[0], [1]]
+
+
+def test_golden_finetuning_task_config_and_batch(golden_data, golden_dir):
+    state = load_checkpoint(golden_dir / "finetune" / "checkpoint_last.pt")
+    cfg = OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), state["cfg"]["task"],
+                          {"data": str(golden_data)})
+    task = fairseq_tasks.setup_task(cfg)
+    assert task.state_dict() == state["task_state"]  # the official {label id: "index"} table
+    task.load_state_dict(state["task_state"])
+    reference = torch.load(golden_dir / "model_ref.pt", map_location="cpu", weights_only=False)["finetune"]["input"]
+    dataset = task.load_dataset("eval")
+    batch = dataset.collater([dataset[i] for i in range(4)])
+    torch.testing.assert_close(batch["net_input"]["label"], reference["label"], rtol=0, atol=0)
+    torch.testing.assert_close(batch["id"], reference["ids"])
+    diff = (batch["net_input"]["imgs"] - reference["imgs"]).abs()
+    assert diff.max() <= 7e-3 and diff.mean() <= 2e-4
+
+
+# -------------------------------------------------------------------------------------- model
+
+
+def test_num_classes_mismatch_names_field_file_and_count(tmp_path, monkeypatch):
+    make_data(tmp_path, [["dog"]])
+    task = make_task(tmp_path)
+    built = []
+    monkeypatch.setattr(FairseqTask, "build_model", lambda self, cfg, from_checkpoint=False: built.append(cfg))
+    with pytest.raises(ValueError, match=r"model\.num_classes=527 but .*label_descriptors\.csv lists 4 classes"):
+        task.build_model(OmegaConf.create({"_name": "mae_image_classification", "num_classes": 527}))
+    assert built == []
+    task.build_model(OmegaConf.create({"_name": "mae_image_classification", "num_classes": 4}))
+    task.build_model(OmegaConf.create({"_name": "data2vec_multi"}))  # no num_classes: nothing to check
+    assert len(built) == 2
+
+
+# ------------------------------------------------------------------------- criterion and metrics
+
+
+class StandInModel(nn.Module):
+    """The ``mae_image_classification`` contract: logits without labels, else the loss dict."""
+
+    def __init__(self, num_classes: int, multi_label: bool):
+        super().__init__()
+        self.head = nn.Linear(128, num_classes)
+        self.multi_label = multi_label
+
+    def forward(self, imgs, label=None):
+        logits = self.head(imgs.mean(dim=(1, 2)))  # (B, C)
+        if label is None:
+            return logits
+        if self.multi_label:
+            out = {"losses": {"main": F.binary_cross_entropy_with_logits(logits, label, reduction="none")},
+                   "sample_size": label.sum()}
+            if not self.training:
+                out.update(_predictions=torch.sigmoid(logits), _targets=label)
+            return out
+        out = {"losses": {"regression": F.cross_entropy(logits, label, reduction="none")},
+               "sample_size": label.size(0)}
+        if not self.training:
+            out["correct"] = (logits.argmax(-1) == label.argmax(-1)).sum()
+        return out
+
+
+def fake_batches(num_classes: int, multi_label: bool, sizes=(6, 5, 7), seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    for i, size in enumerate(sizes):
+        if multi_label:
+            label = (torch.rand(size, num_classes, generator=generator) < 0.4).float()  # (B, C)
+        else:
+            label = F.one_hot(torch.randint(num_classes, (size,), generator=generator), num_classes).float()
+        imgs = torch.randn(size, 1, 16, 128, generator=generator)  # (B, 1, T, 128)
+        yield {"id": torch.arange(size) + 10 * i, "net_input": {"imgs": imgs, "label": label}}
+
+
+def build_criterion(task, name: str, log_keys=None):
+    cfg = {"_name": name} if log_keys is None else {"_name": name, "log_keys": log_keys}
+    return task.build_criterion(OmegaConf.create(cfg))
+
+
+def validate(task, criterion, model, batches):
+    """What fairseq's validation does: per batch, criterion + ``reduce_metrics`` inside the epoch aggregator."""
+    model.eval()
+    logs = []
+    with metrics.aggregate(new_root=True) as agg:
+        for batch in batches:
+            with torch.no_grad():
+                _, _, log = task.valid_step(batch, model, criterion)
+            logs.append(log)
+            with metrics.aggregate():
+                task.reduce_metrics([log], criterion)
+    return agg, logs
+
+
+@pytest.mark.parametrize("criterion_name, log_keys", [("eat_classification", None),
+                                                      ("model", ["_predictions", "_targets"])])
+def test_map_over_the_whole_validation_set(tmp_path, caplog, criterion_name, log_keys):
+    make_data(tmp_path, [["dog"]])
+    task = make_task(tmp_path)
+    criterion = build_criterion(task, criterion_name, log_keys)
+    batches = list(fake_batches(task.num_classes, multi_label=True))
+    agg, logs = validate(task, criterion, StandInModel(task.num_classes, multi_label=True), batches)
+    assert all(log["_predictions"].shape == log["_targets"].shape == (len(b["id"]), 4) for log, b in zip(logs, batches))
+    predictions = torch.cat([log["_predictions"] for log in logs]).numpy()  # (18, 4)
+    targets = torch.cat([b["net_input"]["label"] for b in batches]).numpy()
+    expected = mean_average_precision(predictions, targets).mAP
+    per_batch = [mean_average_precision(log["_predictions"].numpy(), log["_targets"].numpy()).mAP for log in logs]
+    assert not np.allclose(per_batch, expected)  # the whole set differs from any single batch
+    stats = agg.get_smoothed_values()
+    assert stats["mAP"] == pytest.approx(expected, abs=1e-12)
+    assert "accuracy" not in stats
+    with caplog.at_level(logging.INFO, logger="eat_plugin.tasks.classification"):
+        task.post_validate(None, stats, agg)
+    assert "mAP over 4 of 4 classes; 0 classes have no positives in the validation set" in caplog.text
+
+
+def test_map_leaves_out_classes_without_positives(tmp_path, caplog):
+    make_data(tmp_path, [["dog"]])
+    task = make_task(tmp_path)
+    criterion = build_criterion(task, "eat_classification")
+    batches = list(fake_batches(task.num_classes, multi_label=True))
+    for batch in batches:
+        batch["net_input"]["label"][:, 2] = 0
+    agg, logs = validate(task, criterion, StandInModel(task.num_classes, multi_label=True), batches)
+    with caplog.at_level(logging.INFO, logger="eat_plugin.tasks.classification"):
+        task.post_validate(None, agg.get_smoothed_values(), agg)
+    assert "mAP over 3 of 4 classes; 1 classes have no positives in the validation set" in caplog.text
+
+
+@pytest.mark.parametrize("criterion_name, log_keys", [("eat_classification", None), ("model", ["correct"])])
+def test_accuracy_over_the_whole_validation_set(tmp_path, criterion_name, log_keys):
+    make_data(tmp_path, [["dog"]])
+    task = make_task(tmp_path, esc50_eval=True)
+    criterion = build_criterion(task, criterion_name, log_keys)
+    model = StandInModel(task.num_classes, multi_label=False)
+    batches = list(fake_batches(task.num_classes, multi_label=False, sizes=(6, 5, 7, 4)))
+    agg, logs = validate(task, criterion, model, batches)
+    with torch.no_grad():
+        correct = sum(int((model(b["net_input"]["imgs"]).argmax(-1) == b["net_input"]["label"].argmax(-1)).sum())
+                      for b in batches)
+    assert [log["correct"] for log in logs] and sum(log["correct"] for log in logs) == correct
+    stats = agg.get_smoothed_values()
+    assert stats["accuracy"] == pytest.approx(100 * correct / 22)
+    assert "mAP" not in stats
+
+
+def test_training_logs_carry_no_metrics(tmp_path):
+    make_data(tmp_path, [["dog"]])
+    task = make_task(tmp_path)
+    criterion = build_criterion(task, "eat_classification")
+    model = StandInModel(task.num_classes, multi_label=True).train()
+    batch = next(fake_batches(task.num_classes, multi_label=True))
+    _, sample_size, log = criterion(model, batch)
+    assert not {"correct", "_predictions", "_targets"} & set(log)
+    assert sample_size == batch["net_input"]["label"].sum()
+    with metrics.aggregate(new_root=True) as agg:
+        task.reduce_metrics([log], criterion)
+    assert "mAP" not in agg and "accuracy" not in agg and "loss" in agg
+
+
+def test_predictions_without_targets_name_the_log_keys(tmp_path):
+    make_data(tmp_path, [["dog"]])
+    task = make_task(tmp_path)
+    criterion = build_criterion(task, "model", ["_predictions"])
+    model = StandInModel(task.num_classes, multi_label=True).eval()
+    _, _, log = criterion(model, next(fake_batches(task.num_classes, multi_label=True)))
+    with metrics.aggregate(new_root=True), pytest.raises(ValueError, match="carry _predictions but not _targets"):
+        task.reduce_metrics([log], criterion)
+
+
+def test_can_sum_is_false_for_multi_label_tasks(tmp_path):
+    make_data(tmp_path, [["dog"]])
+    multi, single = make_task(tmp_path), make_task(tmp_path, spcv2_eval=True)
+    cases = [
+        (build_criterion(multi, "eat_classification"), multi, False),
+        (build_criterion(single, "eat_classification"), single, True),
+        (single.build_criterion(OmegaConf.create({"_name": "eat_classification", "can_sum": False})), single, False),
+        (build_criterion(multi, "model", ["_predictions", "_targets"]), multi, True),  # official: set it yourself
+        (multi.build_criterion(OmegaConf.create({"_name": "model", "can_sum": False})), multi, False),
+    ]
+    for criterion, task, expected in cases:
+        # how fairseq's trainer asks (Trainer._aggregate_logging_outputs)
+        assert task.__class__.logging_outputs_can_be_summed(criterion) is expected
+    assert isinstance(cases[0][0], EATClassificationCriterion)
+    assert cases[0][0].log_keys == ["correct", "_predictions", "_targets"]
+
+
+# ---------------------------------------------------------------------------------------- recipes
+
+
+def strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def pick(cfg, *paths):
+    return tuple(OmegaConf.select(cfg, p) for p in paths)
+
+
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_recipe_parses_without_paths_and_sets_up_the_task(tmp_path, name):
+    cfg = OmegaConf.load(RECIPES / f"{name}.yaml")
+    for path in ("common.user_dir", "task.data", "checkpoint.save_dir", "model.model_path"):
+        section, key = path.split(".")
+        assert OmegaConf.is_missing(cfg[section], key), path  # given on the command line
+    values = list(strings(OmegaConf.to_container(cfg, resolve=False)))
+    assert not [v for v in values if v.startswith("/") or "${env:" in v or "/hpc" in v], values
+    assert cfg.task._name == cfg.model._name == "mae_image_classification"
+    assert pick(cfg, "dataset.train_subset", "dataset.valid_subset") == ("train", "eval")
+    assert cfg.optimizer._name == "composite" and cfg.optimizer.dynamic_groups and cfg.lr_scheduler == "pass_through"
+    assert cfg.criterion._name == "model" and cfg.checkpoint.maximize_best_checkpoint_metric
+    assert cfg.common.tensorboard_logdir is None
+    assert cfg.optimization.lr[0] == cfg.optimizer.groups.default.lr_float
+
+    make_data(tmp_path, [["dog"], ["rain"]], split="eval")
+    task_section = OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), cfg.task,
+                                   {"data": str(tmp_path), "seed": 1, "weights_file": "weights.csv"})
+    task = fairseq_tasks.setup_task(task_section)
+    assert task.multi_label == (cfg.checkpoint.best_checkpoint_metric == "mAP")
+    task.load_dataset("eval")
+    assert task.cfg.target_length == cfg.model.target_length
+
+
+def compose_recipe(name: str, overrides: List[str]):
+    """What ``fairseq-hydra-train --config-dir config/finetuning --config-name NAME OVERRIDES`` composes."""
+    hydra_init(name)  # fairseq's schema, registered under the recipe's name as fairseq_cli does
+    GlobalHydra.instance().clear()
+    with warnings.catch_warnings():  # hydra's deprecation notes about that (fairseq's) way of matching schemas
+        warnings.filterwarnings("ignore", message=r"(?s).*(ConfigStore schema|version_base)", category=UserWarning)
+        with initialize_config_dir(config_dir=str(RECIPES), version_base="1.1"):
+            cfg = compose(config_name=name, overrides=overrides)
+    add_defaults(cfg)  # merges task / model / criterion into their registered dataclasses
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_recipe_composes_like_fairseq_hydra_train(name):
+    overrides = ["common.user_dir=plugin", "task.data=data", "checkpoint.save_dir=out", "model.model_path=m.pt"]
+    overrides += {"as2m": ["task.weights_file=w.csv"], "tiny": ["model.num_classes=6"]}.get(name, [])
+    cfg = compose_recipe(name, overrides)
+    assert cfg.model.prediction_mode.name == "CLS_TOKEN"
+    assert cfg.task.label_descriptors == "label_descriptors.csv" and cfg.task.labels == "lbl"
+    assert cfg.criterion.can_sum is (name not in ("as2m", "as20k"))
+
+
+def test_recipe_values():
+    as2m, as20k, esc50, spcv2, tiny = (OmegaConf.load(RECIPES / f"{n}.yaml") for n in RECIPE_NAMES)
+    warmup, lr_float = "optimizer.groups.default.lr_scheduler.warmup_updates", "optimizer.groups.default.lr_float"
+    # official finetuning.yaml values kept by every recipe
+    for cfg in (as2m, as20k, esc50, spcv2):
+        assert pick(cfg, "model.mixup_prob", "model.specaug", "model.freqm", "model.timem", "task.downsr_16hz",
+                    "task.audio_mae", "optimizer.groups.default.lr_scheduler.min_lr", "dataset.num_workers",
+                    "model.prediction_mode") == (0.9, True, 25, 200, True, True, 1e-6, 6, "PredictionMode.CLS_TOKEN")
+        assert list(cfg.optimizer.groups.default.optimizer.adam_betas) == [0.9, 0.95]
+    # finetuning_AS2M.sh
+    assert pick(as2m, "checkpoint.best_checkpoint_metric", "dataset.batch_size", "task.h5_format",
+                "task.AS2M_finetune", "task.roll_aug", "model.mixup", "model.mask_ratio", "model.num_classes",
+                "optimization.max_update", warmup, lr_float) == (
+        "mAP", 96, True, True, True, 0.8, 0.2, 527, 300000, 30000, 0.00005)
+    assert OmegaConf.is_missing(as2m.task, "weights_file") and list(as2m.criterion.log_keys) == ["_predictions",
+                                                                                                  "_targets"]
+    assert as2m.criterion.can_sum is False and as20k.criterion.can_sum is False
+    # finetuning_AS20K.sh
+    assert pick(as20k, "checkpoint.best_checkpoint_metric", "dataset.batch_size", "task.target_length",
+                "task.roll_aug", "optimization.max_update", warmup, "model.num_classes", "model.mixup",
+                "model.mask_ratio", "task.AS2M_finetune") == ("mAP", 48, 1024, True, 40000, 4000, 527, 0.8, 0.2,
+                                                              False)
+    # finetuning_ESC50.sh
+    assert pick(esc50, "common.log_interval", "dataset.batch_size", "task.esc50_eval", "model.esc50_eval",
+                "task.target_length", "model.target_length", "task.roll_aug", "optimization.max_update", warmup,
+                "model.num_classes", "model.mixup", "model.mask_ratio", "model.label_smoothing",
+                "checkpoint.best_checkpoint_metric") == (
+        100, 48, True, True, 512, 512, True, 4000, 400, 50, 0.0, 0.4, 0.1, "accuracy")
+    assert list(esc50.criterion.log_keys) == ["correct"] == list(spcv2.criterion.log_keys)
+    # finetuning_SPCv2.sh
+    assert pick(spcv2, "common.seed", "dataset.batch_size", "task.spcv2_eval", "model.spcv2_eval",
+                "task.target_length", "model.target_length", "task.noise", "task.roll_aug", "optimization.lr.0",
+                lr_float, "optimization.max_update", warmup, "model.num_classes", "model.mixup", "model.mask_ratio",
+                "model.label_smoothing", "checkpoint.best_checkpoint_metric") == (
+        42, 256, True, True, 128, 128, True, True, 0.0002, 0.0002, 40000, 4000, 35, 0.8, 0.2, 0.1, "accuracy")
+    # the tiny CPU recipe
+    assert pick(tiny, "common.cpu", "common.fp16", "dataset.batch_size", "dataset.required_batch_size_multiple",
+                "dataset.num_workers", "dataset.data_buffer_size", "task.esc50_eval", "model.esc50_eval",
+                "task.target_length", "model.target_length", "optimization.max_update", lr_float, warmup,
+                "common.log_interval", "dataset.validate_interval_updates", "checkpoint.best_checkpoint_metric") == (
+        True, False, 4, 2, 0, 0, True, True, 128, 128, 60, 0.0005, 5, 5, 20, "accuracy")
+    assert OmegaConf.is_missing(tiny.model, "num_classes")
+    assert pick(tiny, "model.prediction_mode", "model.mixup", "model.mask_ratio", "model.label_smoothing",
+                "model.drop_path_rate", "model.layer_decay") == ("PredictionMode.CLS_TOKEN", 0.0, 0.2, 0.1, 0.1, 0.65)
+
+
+# ------------------------------------------------------------------------------ run_esc50_folds.py
+
+
+@functools.lru_cache(maxsize=None)
+def folds_script():
+    spec = importlib.util.spec_from_file_location("script_run_esc50_folds", REPO / "scripts" / "run_esc50_folds.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def esc50_tree(root: Path, folds=(1, 2, 3, 4, 5)) -> Path:
+    for k in folds:
+        for name in ("train.tsv", "eval.tsv", "label_descriptors.csv"):
+            (root / f"fold{k}").mkdir(parents=True, exist_ok=True)
+            (root / f"fold{k}" / name).write_text("")
+    return root
+
+
+def fold_args(tmp_path: Path, *extra: str) -> List[str]:
+    model = tmp_path / "pretrained.pt"
+    model.write_bytes(b"")
+    return ["--esc50-dir", str(esc50_tree(tmp_path / "esc50")), "--model-path", str(model),
+            "--out", str(tmp_path / "out"), *extra]
+
+
+def override(command: List[str], key: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(key + "=")]
+    assert len(values) == 1, (key, command)
+    return values[0]
+
+
+def test_dry_run_prints_one_command_per_fold(tmp_path, capsys):
+    argv = fold_args(tmp_path, "--folds", "3", "1", "--dry-run", "--", "dataset.num_workers=2", "+foo=bar")
+    assert folds_script().main(argv, runner=lambda *a: pytest.fail("dry run ran a command")) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    out = (tmp_path / "out").resolve()
+    for line, k in zip(lines, (1, 3)):
+        command = line.split()
+        assert command[0] == str(Path(sys.executable).parent / "fairseq-hydra-train")
+        assert command[1:5] == ["--config-dir", str(RECIPES), "--config-name", "esc50"]
+        assert override(command, "task.data") == str((tmp_path / "esc50" / f"fold{k}").resolve())
+        assert override(command, "model.model_path") == str((tmp_path / "pretrained.pt").resolve())
+        assert override(command, "checkpoint.save_dir") == str(out / f"fold{k}")
+        assert override(command, "common.user_dir") == str(REPO / "eat_plugin")
+        assert override(command, "hydra.run.dir").startswith(str(out / f"fold{k}"))
+        assert command[-2:] == ["dataset.num_workers=2", "+foo=bar"]
+    assert not (tmp_path / "out").exists()
+
+
+def fake_runner(best: dict, log_only: dict = None, status: dict = None):
+    """Writes what a fold run leaves behind: checkpoint_best.pt with extra_state["best"], or only a log."""
+    log_only, status = log_only or {}, status or {}
+
+    def run(command, log_path):
+        save_dir = Path(override(command, "checkpoint.save_dir"))
+        fold = int(save_dir.name[len("fold"):])
+        if fold in status:
+            log_path.write_text("Traceback: boom\n")
+            return status[fold]
+        if fold in log_only:
+            lines = [json.dumps({"epoch": e, "eval_loss": "1.2", "eval_accuracy": f"{v:g}", "eval_best_accuracy":
+                                 f"{max(log_only[fold][:e + 1]):g}"}) for e, v in enumerate(log_only[fold])]
+            log_path.write_text("".join(f"[2025][valid][INFO] - {line}\n" for line in lines))
+        else:
+            log_path.write_text("training\n")
+            torch.save({"cfg": {"checkpoint": {"best_checkpoint_metric": "accuracy"}},
+                        "extra_state": {"best": best[fold]}}, save_dir / "checkpoint_best.pt")
+        return 0
+
+    return run
+
+
+def test_fake_runs_are_aggregated(tmp_path, capsys):
+    best = {1: 80.0, 2: 85.0, 4: 75.0, 5: 82.5}
+    log_only = {3: [70.0, 90.0, 88.0]}  # best 90 from the log
+    assert folds_script().main(fold_args(tmp_path), runner=fake_runner(best, log_only)) == 0
+    out = capsys.readouterr().out
+    values = [80.0, 85.0, 90.0, 75.0, 82.5]
+    mean = sum(values) / 5  # 82.5
+    sample_std = math.sqrt(sum((v - mean) ** 2 for v in values) / 4)  # sqrt(125 / 4) = 5.590
+    assert mean == 82.5 and sample_std == pytest.approx(5.5902, abs=1e-4)
+    assert "mean ± std: 82.50 ± 5.59 over 5 folds (sample standard deviation (ddof=1))" in out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mean"] == pytest.approx(mean) and summary["std"] == pytest.approx(sample_std)
+    assert {k: v["accuracy"] for k, v in summary["folds"].items()} == {str(k): v for k, v in zip(range(1, 6), values)}
+    assert summary["folds"]["3"]["source"].endswith("fold3/train.log")
+    assert summary["folds"]["1"]["source"].endswith("fold1/checkpoint_best.pt")
+
+
+def test_one_fold_has_no_std(tmp_path, capsys):
+    assert folds_script().main(fold_args(tmp_path, "--folds", "2"), runner=fake_runner({2: 91.25})) == 0
+    assert "mean ± std: 91.25 ± n/a over 1 folds" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["std"] is None
+
+
+def test_failed_run_names_the_fold_and_the_log(tmp_path, capsys):
+    runner = fake_runner({1: 80.0, 2: 85.0}, status={2: 1})
+    assert folds_script().main(fold_args(tmp_path, "--folds", "1", "2", "3"), runner=runner) == 1
+    err = capsys.readouterr().err
+    assert "fold 2: fairseq-hydra-train exited with status 1; see" in err
+    assert str((tmp_path / "out" / "fold2" / "train.log").resolve()) in err
+    assert not (tmp_path / "out" / "fold3").exists()  # stops at the first failure
+
+
+def test_run_without_a_result_names_the_fold(tmp_path, capsys):
+    assert folds_script().main(fold_args(tmp_path, "--folds", "4"), runner=fake_runner({}, log_only={4: []})) == 1
+    assert "fold 4: no validation accuracy found" in capsys.readouterr().err
+
+
+def test_missing_fold_dir_and_model(tmp_path, capsys):
+    argv = fold_args(tmp_path, "--folds", "6")
+    assert folds_script().main(argv, runner=fake_runner({})) == 1
+    assert f"fold 6: {(tmp_path / 'esc50' / 'fold6').resolve()} not found" in capsys.readouterr().err
+    argv = fold_args(tmp_path, "--folds", "2", "--dry-run")
+    (tmp_path / "esc50" / "fold2" / "eval.tsv").unlink()
+    assert folds_script().main(argv, runner=fake_runner({})) == 1
+    assert "fold 2:" in capsys.readouterr().err
+    argv = fold_args(tmp_path) + ["--model-path", str(tmp_path / "nope.pt")]
+    assert folds_script().main(argv, runner=fake_runner({})) == 1
+    assert "nope.pt: checkpoint not found" in capsys.readouterr().err
