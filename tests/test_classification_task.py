@@ -447,7 +447,7 @@ def test_recipe_values():
                 "dataset.num_workers", "dataset.data_buffer_size", "task.esc50_eval", "model.esc50_eval",
                 "task.target_length", "model.target_length", "optimization.max_update", lr_float, warmup,
                 "common.log_interval", "dataset.validate_interval_updates", "checkpoint.best_checkpoint_metric") == (
-        True, False, 4, 2, 0, 0, True, True, 128, 128, 60, 0.0005, 5, 5, 20, "accuracy")
+        True, False, 8, 2, 0, 0, True, True, 128, 128, 300, 0.002, 20, 5, 100, "accuracy")
     assert OmegaConf.is_missing(tiny.model, "num_classes")
     assert pick(tiny, "model.prediction_mode", "model.mixup", "model.mask_ratio", "model.label_smoothing",
                 "model.drop_path_rate", "model.layer_decay") == ("PredictionMode.CLS_TOKEN", 0.0, 0.2, 0.1, 0.1, 0.65)

@@ -398,11 +398,11 @@ def test_recipe_values():
     assert pick(tiny, "common.cpu", "common.fp16", "dataset.num_workers", "dataset.data_buffer_size",
                 "dataset.batch_size", "optimization.max_update") == (True, False, 0, 0, 2, 20)
     assert pick(tiny, "model.embed_dim", "model.num_heads", "model.depth", "model.average_top_k_layers",
-                "model.clone_batch") == (32, 2, 2, 2, 2)
+                "model.clone_batch") == (64, 4, 2, 2, 2)
     assert pick(tiny, "model.ema_decay", "model.ema_end_decay", "model.ema_anneal_end_step") == (0.9, 0.99, 10)
     assert pick(tiny, "task.target_length", "model.modalities.image.target_length",
                 "model.modalities.image.max_length") == (128, 128, 64)
     assert pick(tiny, "model.modalities.image.decoder.decoder_dim", "model.modalities.image.decoder.decoder_groups",
                 "model.modalities.image.decoder.decoder_layers", "model.modalities.image.decoder.decoder_kernel",
-                ) == (32, 8, 2, 3)
+                ) == (64, 8, 2, 3)
     assert tiny.model.modalities.image.embed_dim == tiny.model.embed_dim

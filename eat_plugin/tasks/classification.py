@@ -30,6 +30,7 @@ from fairseq import utils
 from fairseq.logging import metrics
 from fairseq.logging.meters import MetersDict
 from fairseq.tasks import register_task
+from omegaconf import open_dict
 
 from eat_plugin.data.datasets import LabelledFbankDataset
 from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors
@@ -137,7 +138,15 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
                 f"set model.num_classes={self.num_classes}"
             )
         warn_on_flag_mismatch(self.cfg, cfg)
-        return super().build_model(cfg, from_checkpoint)
+        model = super().build_model(cfg, from_checkpoint)
+        # fairseq builds the model from a merged COPY of cfg; the pre-training config the model stored
+        # there must reach the config the trainer saves, so fine-tuned checkpoints reload without the
+        # pre-training file (the data2vec / wav2vec fine-tuning tasks do the same).
+        actualized = getattr(getattr(model, "cfg", None), "pretrained_model_args", None)
+        if actualized is not None and getattr(cfg, "pretrained_model_args", None) is None:
+            with open_dict(cfg):
+                cfg.pretrained_model_args = actualized
+        return model
 
     # ------------------------------------------------------------------ metrics
     def reduce_metrics(self, logging_outputs: List[Dict[str, Any]], criterion) -> None:
