@@ -241,3 +241,19 @@ def test_missing_model_path_is_a_clear_error():
     with pytest.raises(ValueError, match="model.model_path must name the pre-trained checkpoint"):
         MaeImageClassificationModel(cfg)
     assert math.isclose(layer_scales(12, 0.65)[0], 0.65**12)
+
+
+OFFICIAL_FINETUNE_FIELDS = """model_path no_pretrained_weights linear_classifier num_classes mixup cutmix label_smoothing
+drop_path_rate layer_decay mixup_prob mixup_switch_prob mixup_mode pretrained_model_args data norm_eps remove_alibi
+encoder_dropout post_mlp_drop attention_dropout activation_dropout dropout_input layerdrop prenet_layerdrop
+prenet_dropout use_fc_norm prediction_mode no_decay_blocks audio_mae esc50_eval spcv2_eval target_length specaug
+freqm timem mask_ratio""".split()
+
+
+def test_config_has_every_official_field_with_its_default():
+    fields = MaeImageClassificationConfig.__dataclass_fields__
+    assert set(OFFICIAL_FINETUNE_FIELDS) <= set(fields), sorted(set(OFFICIAL_FINETUNE_FIELDS) - set(fields))
+    defaults = OmegaConf.structured(MaeImageClassificationConfig)
+    assert (defaults.num_classes, defaults.drop_path_rate, defaults.layer_decay, defaults.mixup_prob,
+            defaults.prediction_mode, defaults.target_length, defaults.freqm, defaults.timem) == (
+        1000, 0.1, 0.65, 1.0, PredictionMode.CLS_TOKEN, 1024, 25, 200)
