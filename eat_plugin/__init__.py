@@ -10,5 +10,6 @@ from eat_plugin.checkpoint import allow_fairseq_checkpoint_classes
 allow_fairseq_checkpoint_classes()  # fairseq's own torch.load(weights_only=True) must accept its checkpoints
 
 from eat_plugin import criterions, data, models, tasks  # noqa: E402,F401  (registers with fairseq)
+from eat_plugin.api import EATModel, load_model  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -262,6 +262,19 @@ class FbankFrontEnd:
         """``(S,)`` or ``(S, C)`` at ``sample_rate`` -> ``(1, T, 128)``."""
         return self.features(to_mono_16k(wave, sample_rate, source), source)
 
+    def windows(self, wave: Union[np.ndarray, torch.Tensor], sample_rate: int, source: str = "audio") -> Tuple[torch.Tensor, int]:
+        """A clip of any length as consecutive ``target_length``-frame windows (the last one zero-padded).
+
+        Returns:
+            ``(W, 1, T, 128)`` normalised windows and the clip's real frame count (``W = ceil(frames / T)``).
+        """
+        fbank = wave_to_fbank(to_mono_16k(wave, sample_rate, source), source)  # (n_frames, 128)
+        n_frames = fbank.size(0)
+        count = -(-n_frames // self.target_length)
+        padded = pad_or_crop(fbank, count * self.target_length)  # (W*T, 128)
+        windows = normalize(padded, self.stats).view(count, 1, self.target_length, fbank.size(1))  # (W, 1, T, 128)
+        return windows, n_frames
+
     def from_file(self, path: Union[str, Path], expected_samples: Optional[int] = None) -> torch.Tensor:
         """Read ``path`` and return ``(1, T, 128)``; ``expected_samples`` checks a manifest's length."""
         wave, sample_rate = read_audio(path)  # (S, C)

@@ -23,14 +23,10 @@ from torch import Tensor, nn
 from eat_plugin.data.fbank import NUM_MEL_BINS, check_target_length
 from eat_plugin.losses import binary_cross_entropy, cross_entropy, label_vectors, soft_target_cross_entropy
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay
-from eat_plugin.models.pretraining_config import Data2VecMultiConfig
+from eat_plugin.models.pretraining_config import Data2VecMultiConfig, config_from_dict
 from eat_plugin.modules.batch_augment import BatchMixup, spec_augment
 
 logger = logging.getLogger(__name__)
-
-# keys the official loader adds to / leaves in a stored pre-training model config
-_OFFICIAL_OVERRIDE_KEYS = ("drop_path_rate", "mae_masking")
-
 
 class PredictionMode(Enum):
     MEAN_POOLING = auto()
@@ -247,12 +243,6 @@ def backbone_config(cfg: MaeImageClassificationConfig, args) -> Data2VecMultiCon
     name = model_args.get("_name", "data2vec_multi")
     if name != "data2vec_multi":
         raise ValueError(f"{cfg.model_path}: the pre-trained model is {name!r}; expected 'data2vec_multi'")
-    known = set(Data2VecMultiConfig.__dataclass_fields__)
-    unknown = sorted(k for k in model_args if k not in known)
-    for key in unknown:
-        if key not in _OFFICIAL_OVERRIDE_KEYS:
-            logger.warning(f"ignoring unknown pre-training model config field {key!r}")
-        model_args.pop(key)
     drop_path = np.linspace(0, cfg.drop_path_rate, model_args.get("depth", 12))
     image = model_args.setdefault("modalities", {}).setdefault("image", {})
     model_args.update(
@@ -268,7 +258,7 @@ def backbone_config(cfg: MaeImageClassificationConfig, args) -> Data2VecMultiCon
                  target_length=cfg.target_length)
     if cfg.remove_alibi:
         image["use_alibi_encoder"] = False
-    return OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig), model_args)
+    return config_from_dict(model_args)
 
 
 def build_backbone(cfg: MaeImageClassificationConfig) -> Data2VecMultiModel:

@@ -12,8 +12,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, auto
 from typing import Any, Iterator, List, Optional, Tuple
 
+import logging
+
 from fairseq.dataclass import FairseqDataclass
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+
+logger = logging.getLogger(__name__)
 
 
 class Modality(Enum):
@@ -209,3 +213,22 @@ def iter_field_paths(cfg_cls: type, prefix: str = "") -> Iterator[str]:
         else:
             yield f"{prefix}{f.name}"
 
+
+
+# keys the official fine-tuning loader adds to a stored pre-training model config
+OFFICIAL_OVERRIDE_KEYS = ("drop_path_rate", "mae_masking")
+
+
+def config_from_dict(values: dict) -> DictConfig:
+    """A stored ``data2vec_multi`` model config (a checkpoint's ``cfg.model``) as our typed config.
+
+    Fields this config does not know are dropped (with a warning, except the official loader's own
+    additions), so configs written by other versions of the official code still load.
+    """
+    values = dict(values)
+    known = set(Data2VecMultiConfig.__dataclass_fields__)
+    for key in sorted(k for k in values if k not in known):
+        if key not in OFFICIAL_OVERRIDE_KEYS:
+            logger.warning(f"ignoring unknown pre-training model config field {key!r}")
+        values.pop(key)
+    return OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig), values)

@@ -1,0 +1,223 @@
+"""A small Python API: checkpoint -> labels or embeddings in three lines.
+
+    import eat_plugin
+    model = eat_plugin.load_model("EAT-base_finetune_AS2M.pt", device="cpu")
+    model.predict("dog.wav", top_k=5)          # [[("Dog", 0.93), ("Animal", 0.88), ...]]
+    model.embed("dog.wav", granularity="utterance")  # (D,) tensor
+
+Inputs: a file path, a ``(waveform, sample_rate)`` pair, or a list of them (any rate, any channel
+count: the training front end down-mixes and resamples). Clips longer than the model's
+``target_length`` are cut into consecutive windows: logits are averaged over windows, frame features
+are concatenated (padding trimmed), the utterance embedding is the mean of the windows' CLS outputs.
+"""
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from eat_plugin.checkpoint import load_checkpoint
+from eat_plugin.data.fbank import PATCH_FRAMES, FbankFrontEnd, NormStats, read_audio, resolve_norm_stats
+from eat_plugin.data.manifest import read_label_descriptors
+from eat_plugin.models.data2vec_multi import Data2VecMultiModel
+from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig, MaeImageClassificationModel
+from eat_plugin.models.pretraining_config import config_from_dict
+
+logger = logging.getLogger(__name__)
+
+Audio = Union[str, Path, Tuple[Union[np.ndarray, Tensor], int]]
+GRANULARITIES = ("utterance", "frame", "all")
+FREQ_PATCHES = 128 // PATCH_FRAMES  # 8 frequency patches per time step
+
+
+@dataclass
+class Clip:
+    """One input's windows ``(W, 1, T, 128)`` and its real frame count."""
+
+    windows: Tensor
+    n_frames: int
+    name: str
+
+
+def load_model(path: Union[str, Path], device: str = "cpu", labels: Optional[Union[str, Path]] = None,
+               target_length: Optional[int] = None, norm=None, batch_size: int = 16) -> "EATModel":
+    """Load a pre-trained (``data2vec_multi``) or fine-tuned (``mae_image_classification``) checkpoint.
+
+    Args:
+        path: fairseq checkpoint; loaded with ``weights_only`` (nothing in it can run code).
+        device: ``"cpu"``, ``"cuda"`` or a torch device.
+        labels: class table (``label_descriptors.csv`` or AudioSet's ``class_labels_indices.csv``);
+            default: the fine-tuning data's ``label_descriptors.csv`` if it still exists, else the ids
+            stored in the checkpoint.
+        target_length: frames per window (default: the model's training length).
+        norm: fbank statistics (default: those of the training run, AudioSet otherwise).
+        batch_size: windows per forward pass.
+    """
+    state = load_checkpoint(path)
+    cfg = state.get("cfg")
+    if cfg is None or "model" not in cfg:
+        raise ValueError(f"{path}: not a fairseq EAT checkpoint (no cfg.model)")
+    network, model_target_length = _build_network(state, path)
+    front_end = FbankFrontEnd(target_length or model_target_length, norm if norm is not None else _training_norm(cfg))
+    names = _label_names(state, labels) if isinstance(network, MaeImageClassificationModel) else None
+    return EATModel(network, front_end, names, device, batch_size)
+
+
+class EATModel:
+    """Inference wrapper: the network, the training front end and the class names."""
+
+    def __init__(self, network: nn.Module, front_end: FbankFrontEnd, label_names: Optional[List[str]],
+                 device="cpu", batch_size: int = 16):
+        self.network = network.to(device).eval()
+        self.front_end = front_end
+        self.label_names = label_names
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @property
+    def is_classifier(self) -> bool:
+        return isinstance(self.network, MaeImageClassificationModel)
+
+    @property
+    def backbone(self) -> Data2VecMultiModel:
+        return self.network.model if self.is_classifier else self.network
+
+    # ------------------------------------------------------------------ inputs
+    def clips(self, inputs: Union[Audio, Sequence[Audio]], sample_rate: Optional[int] = None) -> List[Clip]:
+        """Normalise one input or a list of inputs into windowed fbank clips."""
+        if isinstance(inputs, (str, Path)) or (isinstance(inputs, tuple) and len(inputs) == 2
+                                               and not isinstance(inputs[0], (str, Path))):
+            inputs = [inputs]
+        elif isinstance(inputs, (np.ndarray, Tensor)):
+            inputs = [(inputs, sample_rate)]
+        return [self._clip(item, sample_rate, i) for i, item in enumerate(inputs)]
+
+    def _clip(self, item, sample_rate: Optional[int], index: int) -> Clip:
+        if isinstance(item, (str, Path)):
+            wave, rate = read_audio(item)  # (S, C)
+            name = str(item)
+        else:
+            wave, rate = item if isinstance(item, tuple) else (item, sample_rate)
+            if rate is None:
+                raise ValueError(f"input {index}: a raw waveform needs its sample rate: pass (wave, sample_rate)")
+            name = f"input {index}"
+        windows, n_frames = self.front_end.windows(wave, rate, name)  # (W, 1, T, 128)
+        return Clip(windows, n_frames, name)
+
+    @torch.no_grad()
+    def _run(self, clips: List[Clip], fn) -> List[Tensor]:
+        """Apply ``fn`` to all windows of all clips in batches; results split back per clip."""
+        windows = torch.cat([c.windows for c in clips])  # (sum W, 1, T, 128)
+        outputs = [fn(windows[i:i + self.batch_size].to(self.device)).float().cpu()
+                   for i in range(0, windows.size(0), self.batch_size)]
+        return list(torch.cat(outputs).split([c.windows.size(0) for c in clips]))
+
+    # ------------------------------------------------------------------ outputs
+    def logits(self, inputs, sample_rate: Optional[int] = None) -> Tensor:
+        """Window-averaged logits ``(B, C)``."""
+        if not self.is_classifier:
+            raise ValueError("this is a pre-trained checkpoint without a classifier head: use embed()")
+        return torch.stack([w.mean(0) for w in self._run(self.clips(inputs, sample_rate), self.network)])
+
+    def scores(self, inputs, sample_rate: Optional[int] = None) -> Tensor:
+        """Class probabilities ``(B, C)``: sigmoid for multi-label models, softmax for single-label ones."""
+        logits = self.logits(inputs, sample_rate)
+        return torch.softmax(logits, -1) if self.network.single_label else torch.sigmoid(logits)
+
+    def predict(self, inputs, top_k: int = 5, sample_rate: Optional[int] = None) -> List[List[Tuple[str, float]]]:
+        """Top-k ``(label, score)`` pairs per input, best first."""
+        scores = self.scores(inputs, sample_rate)  # (B, C)
+        k = min(top_k, scores.size(1))
+        values, indices = scores.topk(k, dim=-1)
+        names = self.label_names or [f"class_{i}" for i in range(scores.size(1))]
+        return [[(names[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, indices)]
+
+    def embed(self, inputs, granularity: str = "utterance", sample_rate: Optional[int] = None,
+              reshape: bool = False) -> Union[Tensor, List[Tensor]]:
+        """Backbone features (the last block's output, as the official feature extraction).
+
+        Args:
+            granularity: ``"utterance"`` -> ``(D,)`` CLS (mean over windows); ``"frame"`` -> ``(N, D)``
+                patch tokens, time-major, padding trimmed; ``"all"`` -> ``(1 + N, D)`` CLS then patches.
+            reshape: frame features as ``(time patches, 8, D)`` (``"frame"`` only).
+
+        Returns:
+            one tensor for a single input, a list for a list of inputs.
+        """
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={granularity!r}: expected one of {GRANULARITIES}")
+        single = not isinstance(inputs, list)
+        clips = self.clips(inputs, sample_rate)
+        tokens = self._run(clips, self._tokens)  # per clip (W, 1 + N_w, D)
+        results = [self._aggregate(t, c.n_frames, granularity, reshape) for t, c in zip(tokens, clips)]
+        return results[0] if single else results
+
+    def _tokens(self, windows: Tensor) -> Tensor:
+        return self.backbone.extract_features(windows, mask=False, remove_extra_tokens=False)["x"]  # (W, 1+N, D)
+
+    def _aggregate(self, tokens: Tensor, n_frames: int, granularity: str, reshape: bool) -> Tensor:
+        cls = tokens[:, 0].mean(0)  # (D,)
+        if granularity == "utterance":
+            return cls
+        time_patches = -(-n_frames // PATCH_FRAMES)  # real (unpadded) time steps
+        frames = tokens[:, 1:].reshape(-1, FREQ_PATCHES, tokens.size(-1))[:time_patches]  # (t, 8, D)
+        if granularity == "frame":
+            return frames if reshape else frames.reshape(-1, tokens.size(-1))  # (t*8, D)
+        return torch.cat([cls[None], frames.reshape(-1, tokens.size(-1))])  # (1 + t*8, D)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _build_network(state: dict, path) -> Tuple[nn.Module, int]:
+    """The checkpoint's network with its weights (no teacher, no decoder) and its training length."""
+    model_cfg = OmegaConf.to_container(OmegaConf.create(state["cfg"]["model"]), resolve=False)
+    name = model_cfg.get("_name")
+    if name == "data2vec_multi":
+        network = Data2VecMultiModel(config_from_dict(model_cfg), skip_ema=True)
+        target_length = network.cfg.modalities.image.target_length
+    elif name == "mae_image_classification":
+        model_cfg.setdefault("data", "")
+        network = MaeImageClassificationModel(OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig),
+                                                              model_cfg))
+        target_length = network.cfg.target_length
+    else:
+        raise ValueError(f"{path}: model {name!r} is not an EAT model (data2vec_multi / mae_image_classification)")
+    weights = dict(state["model"])
+    network.upgrade_state_dict_named(weights, "")
+    network.load_state_dict(weights, strict=True)
+    if isinstance(network, Data2VecMultiModel):
+        network.remove_pretraining_modules()
+    return network, target_length
+
+
+def _training_norm(cfg) -> NormStats:
+    task = cfg.get("task") or {}
+    if task.get("norm_mean") is not None and task.get("norm_std") is not None:
+        return resolve_norm_stats((task["norm_mean"], task["norm_std"]))
+    if task.get("esc50_eval"):
+        return resolve_norm_stats("esc50")
+    if task.get("spcv2_eval"):
+        return resolve_norm_stats("spcv2")
+    return resolve_norm_stats("audioset")
+
+
+def _label_names(state: dict, labels: Optional[Union[str, Path]]) -> Optional[List[str]]:
+    """Display names by class index: a given csv, else the training data's descriptors, else stored ids."""
+    if labels is not None:
+        return read_label_descriptors(labels).names
+    task = state["cfg"].get("task") or {}
+    descriptors = Path(str(task.get("data", ""))) / str(task.get("label_descriptors", "label_descriptors.csv"))
+    if task.get("data") and descriptors.is_file():
+        return read_label_descriptors(descriptors).names
+    stored = (state.get("task_state") or {}).get("labels")
+    if stored:
+        by_index = {int(index): label_id for label_id, index in stored.items()}
+        return [by_index.get(i, f"class_{i}") for i in range(max(by_index) + 1)]
+    return None
