@@ -1,0 +1,651 @@
+"""Conversion between fairseq EAT checkpoints and the Hugging Face layout of the released models.
+
+A Hugging Face model folder (reference §9.3; that remote code is not in the official repository, so
+the layout is unverified) holds ``config.json`` (``EATConfig`` fields, ``model_type: "eat"``) and
+``model.safetensors`` (or ``pytorch_model.bin``) with the state dict of ``EATModel``, which keeps
+``self.model = EAT(config)``. Key for key:
+
+    HF                                            fairseq (reference §9.1 / §9.2)
+    model.extra_tokens                            modality_encoders.IMAGE.extra_tokens
+    model.local_encoder.proj.{weight,bias}        modality_encoders.IMAGE.local_encoder.proj.*
+    model.fixed_positional_encoder.positions      modality_encoders.IMAGE.fixed_positional_encoder.positions
+    model.pre_norm.{weight,bias}                  modality_encoders.IMAGE.context_encoder.norm.*
+    model.blocks.{i}.<same names>                 blocks.{i}.*        (fine-tuned: model.blocks.{i}.*)
+    model.fc_norm.*, model.head.*  (fine-tuned)   fc_norm.*, head.*
+
+``fc_norm`` and ``head`` are attributes of ``EAT`` in §9.3, so they are written under ``model.``;
+top-level ``fc_norm.*`` / ``head.*`` are accepted on input. The fine-tuned HF model pools the CLS token
+(``head(fc_norm(x[:, 0]))``); its ``fc_norm`` eps (1e-5 in the third-party copy) is not in the config,
+fairseq's is 1e-6.
+
+Decisions:
+
+* fairseq -> HF keeps the student encoder (what official feature extraction uses) and drops the
+  pre-training parts: CNN decoder, EMA teacher (``_ema``), ``recon_proj`` / ``cls_proj`` / ``center``.
+* HF -> fairseq, pre-trained: ``data2vec_multi`` loads strictly, with its decoder and ``_ema``
+  teacher, which an HF model does not have. The result is a complete pre-training checkpoint whose
+  decoder is freshly initialised (seeded) and whose teacher is a copy of the student; this is logged.
+  It is what fine-tuning needs (``model.model_path``; decoder and teacher are discarded there) and
+  can resume pre-training (the decoder then starts from scratch).
+* HF -> fairseq, fine-tuned: a ``mae_image_classification`` checkpoint whose
+  ``cfg.model.pretrained_model_args`` holds the pre-training cfg, so it loads without a pre-training
+  file. The classification task reads ``{data}/label_descriptors.csv`` (num_classes rows): load with
+  ``checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": <dir>})``.
+* Config values the HF config does not carry come from ``template_cfg`` (a fairseq cfg) or the
+  official recipes: EAT-base (§6.1, §6.3), EAT-large (§6.2) for a 1024-wide, 24-deep model.
+
+Weights files use the safetensors format, implemented here (no extra dependency).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from fairseq.dataclass.configs import FairseqConfig
+from fairseq.dataclass.initialize import add_defaults
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from eat_plugin.checkpoint import load_checkpoint
+from eat_plugin.data.fbank import NUM_MEL_BINS, PATCH_FRAMES, check_target_length
+from eat_plugin.data.manifest import read_label_descriptors
+from eat_plugin.models.data2vec_multi import Data2VecMultiModel
+from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig, backbone_config
+from eat_plugin.models.pretraining_config import Data2VecMultiConfig, check_supported, config_from_dict
+from eat_plugin.tasks.classification import MaeImageClassificationConfig as ClassificationTaskConfig
+from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors: u64 little-endian header length | JSON header | tensor bytes, back to back
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def _require_little_endian() -> None:
+    if sys.byteorder != "little":
+        raise RuntimeError("safetensors stores little-endian bytes; this big-endian host is not supported")
+
+
+def save_safetensors(tensors: Mapping[str, Tensor], path: PathLike,
+                     metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Write ``tensors`` (F32/F16/BF16/I64) as a safetensors file, in name order.
+
+    Header: ``{name: {"dtype", "shape", "data_offsets": [begin, end)}}`` with offsets into the data
+    section, plus ``"__metadata__"`` (str -> str); padded with spaces to a multiple of 8 bytes.
+    """
+    _require_little_endian()
+    header: Dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if name == "__metadata__" or not isinstance(tensor, Tensor) or tensor.dtype not in _DTYPE_NAMES:
+            what = getattr(tensor, "dtype", type(tensor).__name__)
+            raise ValueError(f"cannot store {name!r} ({what}) in safetensors: expected a tensor of "
+                             f"{', '.join(map(str, _DTYPE_NAMES))}")
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def read_safetensors(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """Read a safetensors file -> ``(tensors, metadata)``; malformed files raise ``ValueError``."""
+    _require_little_endian()
+    raw = bytearray(Path(path).read_bytes())
+    if len(raw) < 8:
+        raise ValueError(f"{path}: not a safetensors file (shorter than the 8-byte header length)")
+    (size,) = struct.unpack("<Q", raw[:8])
+    if size > len(raw) - 8:
+        raise ValueError(f"{path}: header length {size} exceeds the file size {len(raw)}")
+    try:
+        header = json.loads(raw[8:8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable safetensors header: {err}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    start, data_size = 8 + size, len(raw) - 8 - size
+    tensors, spans = {}, []
+    for name, info in header.items():
+        tensors[name], span = _decode_tensor(raw, start, data_size, name, info, path)
+        spans.append(span)
+    _check_spans(sorted(spans), data_size, path)
+    return tensors, dict(metadata)
+
+
+def load_safetensors(path: PathLike) -> Dict[str, Tensor]:
+    """The tensors of a safetensors file (see ``read_safetensors``)."""
+    return read_safetensors(path)[0]
+
+
+def _decode_tensor(raw: bytearray, start: int, data_size: int, name: str, info: Any,
+                   path) -> Tuple[Tensor, Tuple[int, int]]:
+    """One header entry -> its tensor (an own, aligned copy) and its byte span in the data section."""
+    if not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - set(info):
+        raise ValueError(f"{path}: header entry {name!r} needs dtype, shape and data_offsets, got {info!r}")
+    dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+        raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']!r}; "
+                         f"supported: {', '.join(SAFETENSORS_DTYPES)}")
+    shape = [int(n) for n in info["shape"]]
+    begin, end = (int(n) for n in info["data_offsets"])
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if not 0 <= begin <= end <= data_size or end - begin != nbytes:
+        raise ValueError(f"{path}: tensor {name!r} ({info['dtype']} {shape}) needs {nbytes} bytes but its "
+                         f"data_offsets are [{begin}, {end}) in a data section of {data_size} bytes")
+    if nbytes == 0:
+        return torch.empty(shape, dtype=dtype), (begin, end)
+    data = torch.frombuffer(raw, dtype=torch.uint8, count=nbytes, offset=start + begin).clone()
+    return data.view(dtype).reshape(shape), (begin, end)
+
+
+def _check_spans(spans: Sequence[Tuple[int, int]], data_size: int, path) -> None:
+    """The tensors must tile the data section exactly: no gap, no overlap, nothing after."""
+    position = 0
+    for begin, end in spans:
+        if begin != position:
+            raise ValueError(f"{path}: tensor data is not contiguous (a tensor starts at byte {begin}, "
+                             f"expected {position})")
+        position = end
+    if position != data_size:
+        raise ValueError(f"{path}: {data_size - position} bytes after the last tensor")
+
+
+# ---------------------------------------------------------------------------------------------------
+# key names and shapes
+
+ENCODER = "modality_encoders.IMAGE."  # the official (data2vec) name of the spectrogram encoder
+_ENCODER_KEYS = {  # fairseq backbone key -> HF key, in the official checkpoint order
+    ENCODER + "extra_tokens": "model.extra_tokens",
+    ENCODER + "local_encoder.proj.weight": "model.local_encoder.proj.weight",
+    ENCODER + "local_encoder.proj.bias": "model.local_encoder.proj.bias",
+    ENCODER + "fixed_positional_encoder.positions": "model.fixed_positional_encoder.positions",
+    ENCODER + "context_encoder.norm.weight": "model.pre_norm.weight",
+    ENCODER + "context_encoder.norm.bias": "model.pre_norm.bias",
+}
+BLOCK_PARAMS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                "mlp.fc2.weight", "mlp.fc2.bias")
+HEAD_PARAMS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
+_PRETRAINING_ONLY = ({"_ema", "center", ENCODER + "encoder_mask"}, (ENCODER + "decoder.", "recon_proj.", "cls_proj."))
+_LEGACY_POSITIONS = ENCODER + "positional_encoder.pos_embed"  # pre-2024 name of the positions table
+
+
+def key_map(depth: int, finetuned: bool) -> Dict[str, str]:
+    """fairseq state-dict key -> HF key, for every weight the HF model has."""
+    names = dict(_ENCODER_KEYS)
+    names.update({f"blocks.{i}.{p}": f"model.blocks.{i}.{p}" for i in range(depth) for p in BLOCK_PARAMS})
+    if not finetuned:
+        return names
+    names = {f"model.{k}": v for k, v in names.items()}  # the classifier holds the backbone at `model`
+    names.update({p: f"model.{p}" for p in HEAD_PARAMS})
+    return names
+
+
+def hf_shapes(config: Mapping[str, Any]) -> Dict[str, Tuple[int, ...]]:
+    """HF key -> shape for a (checked) EATConfig dict. D width, P = max_length * 8 position rows."""
+    d, patch = config["embed_dim"], config["patch_size"]
+    hidden = int(d * config["mlp_ratio"])
+    shapes = {
+        "model.extra_tokens": (1, 1, d),
+        "model.local_encoder.proj.weight": (d, config["in_chans"], patch, patch),
+        "model.local_encoder.proj.bias": (d,),
+        "model.fixed_positional_encoder.positions": (1, config["max_length"] * (config["mel_bins"] // patch), d),
+        "model.pre_norm.weight": (d,),
+        "model.pre_norm.bias": (d,),
+    }
+    block = {"attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,), "attn.proj.weight": (d, d),
+             "mlp.fc1.weight": (hidden, d), "mlp.fc1.bias": (hidden,), "mlp.fc2.weight": (d, hidden)}
+    for i in range(config["depth"]):
+        shapes.update({f"model.blocks.{i}.{p}": block.get(p, (d,)) for p in BLOCK_PARAMS})
+    if config["model_variant"] == "finetune":
+        c = config["num_classes"]
+        shapes.update({"model.fc_norm.weight": (d,), "model.fc_norm.bias": (d,), "model.head.weight": (c, d),
+                       "model.head.bias": (c,)})
+    return shapes
+
+
+def check_weights(weights: Mapping[str, Any], expected: Mapping[str, Tuple[int, ...]], source: str) -> None:
+    """Raise ``ValueError`` listing missing keys, unexpected keys and wrong shapes of ``weights``."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k}: {tuple(weights[k].shape)}, expected {expected[k]}" for k in expected
+              if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(expected[k])]
+    problems = [f"{what} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else "")
+                for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("wrong shapes", shapes)) if items]
+    if problems:
+        raise ValueError(f"{source} does not match the EAT layout:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------
+# EATConfig (config.json)
+
+EAT_CONFIG_DEFAULTS: Dict[str, Any] = {  # EATConfig defaults (reference §9.3)
+    "model_type": "eat", "embed_dim": 768, "depth": 12, "num_heads": 12, "patch_size": 16, "stride": 16,
+    "in_chans": 1, "mel_bins": 128, "max_length": 768, "num_classes": 527, "model_variant": "pretrain",
+    "mlp_ratio": 4.0, "qkv_bias": True, "drop_rate": 0.0, "attn_drop_rate": 0.0, "activation_dropout": 0.0,
+    "post_mlp_drop": 0.0, "start_drop_path_rate": 0.0, "end_drop_path_rate": 0.0, "layer_norm_first": False,
+    "norm_eps": 1e-6, "norm_affine": True, "fixed_positions": True, "img_size": [1024, 128],
+}
+_FIXED = {"model_type": "eat", "patch_size": PATCH_FRAMES, "stride": PATCH_FRAMES, "in_chans": 1,
+          "mel_bins": NUM_MEL_BINS, "qkv_bias": True, "layer_norm_first": False, "norm_affine": True,
+          "fixed_positions": True}  # the only values EAT (and this implementation) has
+_REMOTE_CODE = {"architectures": ["EATModel"],  # class names of the HF repos' remote code (§9.3)
+                "auto_map": {"AutoConfig": "configuration_eat.EATConfig", "AutoModel": "modeling_eat.EATModel"}}
+VARIANTS = ("pretrain", "finetune")
+
+
+def eat_config(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """A complete EATConfig dict: ``values`` over the defaults, checked; other keys are kept as they are."""
+    config = {**EAT_CONFIG_DEFAULTS, **values}
+    problems = [f"{k}={config[k]!r} (supported: {v!r})" for k, v in _FIXED.items() if config[k] != v]
+    if config["model_variant"] not in VARIANTS:
+        problems.append(f"model_variant={config['model_variant']!r} (expected one of {VARIANTS})")
+    img_size = list(config["img_size"]) if isinstance(config["img_size"], (list, tuple)) else []
+    if len(img_size) != 2 or img_size[1] != NUM_MEL_BINS:
+        problems.append(f"img_size={config['img_size']!r} (expected [target_length, {NUM_MEL_BINS}])")
+    else:
+        try:
+            check_target_length(img_size[0], "img_size[0]")
+        except ValueError as err:
+            problems.append(str(err))
+    for key in ("embed_dim", "depth", "num_heads", "max_length", "num_classes"):
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] <= 0:
+            problems.append(f"{key}={config[key]!r} (expected a positive integer)")
+    if not problems and (config["embed_dim"] % config["num_heads"] or config["embed_dim"] % 4):
+        problems.append(f"embed_dim={config['embed_dim']} must be divisible by num_heads={config['num_heads']} and 4")
+    if problems:
+        raise ValueError("unsupported EAT config (config.json):\n  " + "\n  ".join(problems))
+    return {**config, "img_size": [int(n) for n in img_size]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# fairseq -> HF
+
+
+def checkpoint_cfg(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """A fairseq checkpoint's ``cfg`` as a plain, resolved dict (enums as names)."""
+    cfg = state.get("cfg")
+    if cfg is None:
+        raise ValueError("the checkpoint has no 'cfg' (a legacy 'args' checkpoint?); expected a fairseq "
+                         "checkpoint of data2vec_multi or mae_image_classification")
+    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, enum_to_str=True)
+
+
+def _classifier_config(model: Mapping[str, Any]):
+    """A stored ``mae_image_classification`` model cfg as the typed config (unknown keys dropped)."""
+    known = set(MaeImageClassificationConfig.__dataclass_fields__)
+    values = {k: v for k, v in model.items() if k in known}
+    values.setdefault("data", "")
+    return OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), values)
+
+
+def _source_backbone(cfg: Mapping[str, Any]) -> Tuple[bool, Any]:
+    """``(finetuned, backbone Data2VecMultiConfig)`` of a checkpoint cfg; refuses what HF cannot express."""
+    model = cfg.get("model") or {}
+    name = model.get("_name")
+    if name == "data2vec_multi":
+        finetuned, backbone = False, config_from_dict(model)
+    elif name == "mae_image_classification":
+        classifier = _classifier_config(model)
+        if classifier.pretrained_model_args is None:
+            raise ValueError("the fine-tuned checkpoint has no cfg.model.pretrained_model_args "
+                             "(the pre-training config)")
+        problems = [] if classifier.use_fc_norm else ["model.use_fc_norm=false (the HF model always has fc_norm)"]
+        if classifier.prediction_mode.name != "CLS_TOKEN":
+            mode = classifier.prediction_mode.name
+            problems.append(f"model.prediction_mode={mode} (the HF model pools the CLS token)")
+        if problems:
+            raise ValueError("this fine-tuned model cannot be expressed in the HF layout:\n  " + "\n  ".join(problems))
+        finetuned, backbone = True, backbone_config(classifier, classifier.pretrained_model_args)
+    else:
+        raise ValueError(f"cfg.model._name={name!r}: expected 'data2vec_multi' or 'mae_image_classification'")
+    check_supported(backbone)
+    image = backbone.modalities.image
+    problems = [f"model.modalities.image.{k}={v!r} (HF EAT has {want!r})" for k, v, want in (
+        ("num_extra_tokens", image.num_extra_tokens, 1), ("prenet_depth", image.prenet_depth, 0)) if v != want]
+    if not backbone.norm_affine:
+        problems.append("model.norm_affine=false (HF EAT has affine LayerNorms)")
+    if problems:
+        raise ValueError("this model cannot be expressed in the HF layout:\n  " + "\n  ".join(problems))
+    return finetuned, backbone
+
+
+def _without_pretraining_parts(weights: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+    """Drop decoder / teacher / pre-training heads (logged); rename the legacy positions key."""
+    exact, prefixes = _PRETRAINING_ONLY
+    kept, dropped = {}, {}
+    for key, value in weights.items():
+        name = key[len(prefix):] if key.startswith(prefix) else key
+        part = name if name in exact else next((p for p in prefixes if name.startswith(p)), None)
+        if part is None:
+            kept[key] = value
+        else:
+            dropped[part] = dropped.get(part, 0) + 1
+    legacy = prefix + _LEGACY_POSITIONS
+    if legacy in kept:
+        kept[prefix + ENCODER + "fixed_positional_encoder.positions"] = kept.pop(legacy)
+    if dropped:
+        parts = ", ".join(f"{part.rstrip('.')}{'*' if part in prefixes else ''} ({n} tensors)" if n > 1 else part
+                          for part, n in dropped.items())
+        logger.info(f"dropped, not in the HF model (pre-training only): {parts}")
+    return kept
+
+
+def fairseq_to_hf(state: Mapping[str, Any]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    """fairseq checkpoint dict -> ``(HF state dict, EATConfig dict)``.
+
+    Pre-trained (``data2vec_multi``): the student encoder (decoder, ``_ema`` dropped). Fine-tuned
+    (``mae_image_classification``): backbone + ``fc_norm`` + ``head``. Tensors are not copied.
+    """
+    finetuned, backbone = _source_backbone(checkpoint_cfg(state))
+    weights = _without_pretraining_parts(state["model"], "model." if finetuned else "")
+    head = weights.get("head.weight")
+    num_classes = int(head.shape[0]) if finetuned and head is not None else EAT_CONFIG_DEFAULTS["num_classes"]
+    image = backbone.modalities.image
+    config = eat_config({
+        "embed_dim": backbone.embed_dim, "depth": backbone.depth, "num_heads": backbone.num_heads,
+        "max_length": image.max_length, "num_classes": num_classes, "model_variant": VARIANTS[finetuned],
+        "mlp_ratio": float(backbone.mlp_ratio), "norm_eps": float(backbone.norm_eps),
+        "img_size": [image.target_length, NUM_MEL_BINS],
+    })
+    mapping = key_map(backbone.depth, finetuned)
+    shapes = hf_shapes(config)
+    check_weights(weights, {k: shapes[v] for k, v in mapping.items()}, "the fairseq checkpoint")
+    dtype = weights[next(iter(mapping))].dtype
+    config = {**_REMOTE_CODE, **config, "torch_dtype": str(dtype).replace("torch.", "")}
+    return {hf: weights[fs] for fs, hf in mapping.items()}, config
+
+
+# ---------------------------------------------------------------------------------------------------
+# HF -> fairseq: configs
+
+_OPTIMIZER = {"_name": "composite", "dynamic_groups": True, "groups": {"default": {
+    "lr_float": 0.0005, "optimizer": {"_name": "adam", "adam_betas": [0.9, 0.95], "weight_decay": 0.05},
+    "lr_scheduler": {"_name": "cosine", "warmup_updates": 53333}}}}
+
+
+def official_pretraining_sections(large: bool = False) -> Dict[str, Any]:
+    """The official EAT-base pre-training recipe (§6.1), or EAT-large's (§6.2), as cfg sections."""
+    lr = 0.0004 if large else 0.0005
+    optimizer = copy.deepcopy(_OPTIMIZER)
+    optimizer["groups"]["default"]["lr_float"] = lr
+    decoder = {"decoder_dim": 1024 if large else 768, "decoder_groups": 16, "decoder_kernel": 5 if large else 3,
+               "decoder_layers": 3 if large else 6, "input_dropout": 0.0}
+    image = {"in_chans": 1, "inverse_mask": True, "mask_prob": 0.75 if large else 0.8,
+             "mask_prob_adjust": 0.1 if large else 0.07, "mask_length": 5, "mask_noise_std": 0.01, "prenet_depth": 0,
+             "ema_local_encoder": True, "num_extra_tokens": 1, "init_extra_token_zero": False,
+             "use_alibi_encoder": False, "decoder": decoder}
+    model = {"_name": "data2vec_multi", "ema_decay": 0.9998, "ema_end_decay": 0.99999,
+             "ema_anneal_end_step": 150000 if large else 100000, "instance_norm_target_layer": True,
+             "layer_norm_target_layer": False, "layer_norm_targets": True, "end_of_block_targets": False,
+             "depth": 24 if large else 12, "average_top_k_layers": 24 if large else 12, "clone_batch": 16,
+             "norm_eps": 1e-6, "min_target_var": 0.0, "min_pred_var": 0.0, "encoder_dropout": 0.0,
+             "post_mlp_drop": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "supported_modality": "IMAGE",
+             "cls_loss": 1.0, "ema_encoder_only": False, "modalities": {"image": image}}
+    return {
+        "common": {"fp16": True, "log_format": "json", "log_interval": 200, "min_loss_scale": 1e-6,
+                   "fp16_no_flatten_grads": True, "seed": 1},
+        "checkpoint": {"save_interval": 1, "save_interval_updates": 10000, "keep_interval_updates": 1,
+                       "no_epoch_checkpoints": True},
+        "task": {"_name": "mae_image_pretraining", "data": "data", "rebuild_batches": True, "key": "source",
+                 "precompute_mask_config": {}, "downsr_16hz": True, "audio_mae": True, "h5_format": False,
+                 "target_length": 1024, "flexible_mask": False},
+        "dataset": {"num_workers": 10, "batch_size": 12, "skip_invalid_size_inputs_valid_test": True,
+                    "required_batch_size_multiple": 1, "disable_validation": True},
+        "distributed_training": {"distributed_world_size": 4, "ddp_backend": "c10d"},
+        "criterion": {"_name": "model", "log_keys": ["ema_decay", "target_var", "pred_var", "model_norm", "ema_norm",
+                                                     "masked_pct"]},
+        "optimization": {"max_update": 400000, "lr": [lr], "debug_param_names": True, "clip_norm": 4.0},
+        "optimizer": optimizer,
+        "lr_scheduler": {"_name": "pass_through"},
+        "model": model,
+    }
+
+
+def official_finetuning_sections() -> Dict[str, Any]:
+    """The official AS-2M fine-tuning recipe (§6.3 + finetuning_AS2M.sh, without its HDF5 / weighted
+    sampling data options) as cfg sections; ``model.pretrained_model_args`` is filled in later."""
+    optimizer = copy.deepcopy(_OPTIMIZER)
+    optimizer["groups"]["default"].update(lr_float=0.00005, lr_scheduler={
+        "_name": "cosine", "warmup_updates": 30000, "min_lr": 1e-6})
+    return {
+        "common": {"fp16": True, "log_format": "json", "log_interval": 200, "fp16_no_flatten_grads": True},
+        "checkpoint": {"save_interval": 1, "save_interval_updates": 10000, "keep_interval_updates": 1,
+                       "no_epoch_checkpoints": True, "best_checkpoint_metric": "mAP",
+                       "maximize_best_checkpoint_metric": True},
+        "task": {"_name": "mae_image_classification", "data": "data", "downsr_16hz": True, "audio_mae": True,
+                 "target_length": 1024, "roll_aug": True, "noise": False, "h5_format": False, "weights_file": "",
+                 "num_samples": 200000, "AS2M_finetune": False, "spcv1_finetune": False, "spcv2_eval": False,
+                 "esc50_eval": False},
+        "dataset": {"num_workers": 6, "batch_size": 96, "skip_invalid_size_inputs_valid_test": True,
+                    "required_batch_size_multiple": 2, "train_subset": "train", "valid_subset": "eval"},
+        "distributed_training": {"distributed_world_size": 1, "ddp_backend": "c10d"},
+        "criterion": {"_name": "model", "log_keys": ["_predictions", "_targets"]},
+        "optimization": {"max_update": 300000, "lr": [0.00005]},
+        "optimizer": optimizer,
+        "lr_scheduler": {"_name": "pass_through"},
+        "model": {"_name": "mae_image_classification", "model_path": "", "mixup": 0.8, "mixup_prob": 0.9,
+                  "audio_mae": True, "num_classes": 527, "specaug": True, "mask_ratio": 0.2,
+                  "prediction_mode": "CLS_TOKEN", "spcv2_eval": False, "esc50_eval": False, "target_length": 1024,
+                  "label_smoothing": 0.0, "freqm": 25, "timem": 200},
+    }
+
+
+def _over(sections: Dict[str, Any], template: Optional[Mapping[str, Any]], typed: Mapping[str, type]) -> Dict[str, Any]:
+    """``template``'s sections over ``sections``: ``typed`` ones (model, task) merged key by key and
+    restricted to their dataclass's fields, the others replaced; ``None`` sections are skipped."""
+    for name, value in (template or {}).items():
+        if value is None or name not in FairseqConfig.__dataclass_fields__:
+            continue
+        if name in typed and isinstance(value, Mapping):
+            fields = typed[name].__dataclass_fields__
+            value = {k: v for k, v in value.items() if k in fields}
+            value = OmegaConf.to_container(OmegaConf.merge(sections.get(name) or {}, value))
+        sections[name] = copy.deepcopy(value)
+    return sections
+
+
+def complete_cfg(sections: Mapping[str, Any]) -> Dict[str, Any]:
+    """Sections -> the full fairseq cfg the trainer saves: every section, each registered dataclass's
+    defaults filled in (as ``fairseq-hydra-train`` does), interpolations resolved, enums as names."""
+    cfg = OmegaConf.merge(OmegaConf.structured(FairseqConfig), dict(sections))
+    add_defaults(cfg)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def pretraining_cfg(config: Mapping[str, Any], template: Optional[Mapping[str, Any]] = None,
+                    data: Optional[str] = None) -> Dict[str, Any]:
+    """Full resolved cfg of a ``data2vec_multi`` run with the structure of the EATConfig ``config``.
+
+    Widths, depth, heads, lengths and norm eps come from ``config``; every other value from ``template``
+    (a pre-training cfg) over the official recipe: EAT-large for a 1024-wide, 24-deep model, else EAT-base
+    (the decoder then as wide as the encoder).
+    """
+    d, depth, heads = config["embed_dim"], config["depth"], config["num_heads"]
+    sections = official_pretraining_sections(large=(d, depth) == (1024, 24))
+    sections["model"]["modalities"]["image"]["decoder"]["decoder_dim"] = d
+    sections = _over(sections, template, {"model": Data2VecMultiConfig, "task": MaeImagePretrainingConfig})
+    model, task = sections["model"], sections["task"]
+    model.update(_name="data2vec_multi", embed_dim=d, depth=depth, num_heads=heads, mlp_ratio=config["mlp_ratio"],
+                 norm_eps=config["norm_eps"], norm_affine=True, layer_norm_first=False, supported_modality="IMAGE",
+                 ema_encoder_only=False, average_top_k_layers=min(model.get("average_top_k_layers", depth), depth))
+    model.setdefault("modalities", {}).setdefault("image", {}).update(
+        type="IMAGE", in_chans=1, patch_size=PATCH_FRAMES, embed_dim=d, max_length=config["max_length"],
+        target_length=config["img_size"][0], num_extra_tokens=1, prenet_depth=0, fixed_positions=True,
+        num_alibi_heads=heads, model_depth=depth)
+    task.update(_name="mae_image_pretraining", target_length=config["img_size"][0])
+    if data is not None or template is None:
+        task["data"] = data or "data"
+    return complete_cfg(sections)
+
+
+def finetuning_cfg(config: Mapping[str, Any], pretraining: Mapping[str, Any],
+                   template: Optional[Mapping[str, Any]] = None, data: Optional[str] = None) -> Dict[str, Any]:
+    """Full resolved cfg of a ``mae_image_classification`` run; ``pretraining`` goes to
+    ``model.pretrained_model_args`` (criterion and lr_scheduler nulled, as the official loader stores it)."""
+    sections = _over(official_finetuning_sections(), template,
+                     {"model": MaeImageClassificationConfig, "task": ClassificationTaskConfig})
+    model, task = sections["model"], sections["task"]
+    if data is not None or template is None:
+        task["data"] = data or "data"
+    args = {**copy.deepcopy(dict(pretraining)), "criterion": None, "lr_scheduler": None}
+    args["task"]["data"] = task["data"]
+    model.pop("data", None)  # II("task.data")
+    model.update(_name="mae_image_classification", num_classes=config["num_classes"], use_fc_norm=True,
+                 target_length=config["img_size"][0], prediction_mode="CLS_TOKEN", pretrained_model_args=args)
+    if model.get("norm_eps") is not None:
+        model["norm_eps"] = config["norm_eps"]
+    task.update(_name="mae_image_classification", target_length=config["img_size"][0])
+    return complete_cfg(sections)
+
+
+def _split_template(template_cfg: Any) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """A template cfg -> ``(pre-training cfg, fine-tuning cfg)``; a fine-tuned one gives both."""
+    if template_cfg is None:
+        return None, None
+    template = checkpoint_cfg({"cfg": template_cfg})
+    name = (template.get("model") or {}).get("_name")
+    if name == "data2vec_multi":
+        return template, None
+    if name == "mae_image_classification":
+        return template["model"].get("pretrained_model_args"), template
+    raise ValueError(f"template cfg.model._name={name!r}: expected 'data2vec_multi' or 'mae_image_classification'")
+
+
+# ---------------------------------------------------------------------------------------------------
+# HF -> fairseq: checkpoints
+
+
+def _hf_aliases(hf_state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Accept ``fc_norm.*`` / ``head.*`` at the top level as well as under ``model.``."""
+    return {f"model.{k}" if k in HEAD_PARAMS else k: v for k, v in hf_state.items()}
+
+
+def _checkpoint(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: Dict[str, Any]) -> Dict[str, Any]:
+    """A checkpoint dict in the layout fairseq's trainer writes (no optimizer state, update 0)."""
+    return {"args": None, "cfg": cfg, "model": weights, "criterion": None,
+            "optimizer_history": [{"criterion_name": "ModelCriterion", "optimizer_name": "FairseqCompositeOptimizer",
+                                   "lr_scheduler_state": {}, "num_updates": 0}],
+            "task_state": task_state, "extra_state": {}}
+
+
+def _pretraining_checkpoint(student: Dict[str, Tensor], cfg: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """Student weights + a fresh decoder (seeded) + teacher = student, checked by a strict load."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Data2VecMultiModel(config_from_dict(cfg["model"]))
+    fresh = model.state_dict()
+    weights = {k: student.get(k, v) for k, v in fresh.items() if k != "_ema"}
+    weights["_ema"] = {k: student[k].detach().float().clone() for k in fresh["_ema"]}
+    model.load_state_dict(weights, strict=True)
+    logger.warning(f"the HF model has no decoder and no EMA teacher: the CNN decoder is freshly initialised "
+                   f"(seed {seed}) and the teacher (_ema) is a copy of the student weights")
+    return _checkpoint(cfg, weights, {})
+
+
+def hf_to_fairseq(hf_state: Mapping[str, Tensor], hf_config: Mapping[str, Any], template_cfg: Any = None, *,
+                  data: Optional[str] = None, label_ids: Optional[Sequence[str]] = None,
+                  seed: int = 1) -> Dict[str, Any]:
+    """HF state dict + EATConfig -> fairseq checkpoint dict (``torch.save`` it).
+
+    Args:
+        template_cfg: a fairseq cfg (dict / DictConfig) giving the values the EATConfig does not carry;
+            default: the official recipes (module docstring).
+        data: ``task.data`` to store (default: the template's, else the placeholder ``"data"``).
+        label_ids: fine-tuned only: label id of each class, stored as the task state (official layout).
+        seed: initialisation seed of a pre-trained model's fresh decoder.
+    """
+    config = eat_config(hf_config)
+    finetuned = config["model_variant"] == "finetune"
+    weights = _hf_aliases(hf_state)
+    check_weights(weights, hf_shapes(config), "the Hugging Face state dict")
+    fairseq_weights = {fs: weights[hf] for fs, hf in key_map(config["depth"], finetuned).items()}
+    pre_template, ft_template = _split_template(template_cfg)
+    pretraining = pretraining_cfg(config, pre_template, data)
+    if not finetuned:
+        if label_ids is not None:
+            raise ValueError("labels apply to fine-tuned models only (this config.json has model_variant 'pretrain')")
+        return _pretraining_checkpoint(fairseq_weights, pretraining, seed)
+    task_state = {}
+    if label_ids is not None:
+        if len(label_ids) != config["num_classes"]:
+            raise ValueError(f"{len(label_ids)} labels given but the model has {config['num_classes']} classes")
+        task_state = {"labels": {label: str(i) for i, label in enumerate(label_ids)}}
+    return _checkpoint(finetuning_cfg(config, pretraining, ft_template, data), fairseq_weights, task_state)
+
+
+# ---------------------------------------------------------------------------------------------------
+# files
+
+
+def save_hf(directory: PathLike, hf_state: Mapping[str, Tensor], hf_config: Mapping[str, Any]) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (metadata ``format: pt``) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_safetensors(hf_state, directory / "model.safetensors", {"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(dict(hf_config), indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_hf(directory: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    """Read an HF model folder: ``config.json`` + ``model.safetensors`` (or its sharded index, or
+    ``pytorch_model.bin``, loaded with ``weights_only``)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json; expected a Hugging Face model folder")
+    config = json.loads(config_path.read_text())
+    if (directory / "model.safetensors").is_file():
+        return load_safetensors(directory / "model.safetensors"), config
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weights = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            weights.update(load_safetensors(directory / shard))
+        return weights, config
+    if (directory / "pytorch_model.bin").is_file():
+        weights = load_checkpoint(directory / "pytorch_model.bin")
+        bad = [k for k, v in weights.items() if not isinstance(v, Tensor)]
+        if bad:
+            raise ValueError(f"{directory / 'pytorch_model.bin'}: not a state dict (non-tensor entries {bad[:5]})")
+        return weights, config
+    raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def write_label_descriptors(labels_csv: PathLike, directory: PathLike, num_classes: int) -> Tuple[Path, List[str]]:
+    """Check a class table (``index,id,name``, e.g. AudioSet's ``class_labels_indices.csv``) against
+    the model and write it as ``directory/label_descriptors.csv``; returns the path and the label ids."""
+    descriptors = read_label_descriptors(labels_csv)
+    if len(descriptors.ids) != num_classes:
+        raise ValueError(f"{labels_csv}: {len(descriptors.ids)} classes, but the model has {num_classes} outputs")
+    path = Path(directory) / "label_descriptors.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "mid", "display_name"])
+        writer.writerows([i, label, name] for i, (label, name) in enumerate(zip(descriptors.ids, descriptors.names)))
+    return path, list(descriptors.ids)
