@@ -8,7 +8,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
-RUNTIME = ("torch", "torchaudio", "ve-fairseq", "hydra-core", "omegaconf", "numpy", "soundfile", "h5py")
+RUNTIME = ("torch", "torchaudio", "ve-fairseq", "hydra-core", "omegaconf", "numpy", "soundfile", "h5py",
+           "tensorboard", "matplotlib")
 TEST = ("pytest",)
 
 

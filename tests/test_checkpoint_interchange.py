@@ -58,6 +58,8 @@ flexible_mask esc50_eval spcv2_eval AS2M_finetune spcv1_finetune roll_aug noise 
 is_finetuning""".split()
 CLASSIFICATION_TASK_FIELDS = PRETRAIN_TASK_FIELDS + ["label_descriptors", "labels"]
 OUR_TASK_ADDITIONS = {"min_sample_size", "norm_mean", "norm_std"}  # documented eat_plugin additions
+OUR_CLASSIFICATION_TASK_ADDITIONS = {"label_type"}
+OUR_CLASSIFIER_ADDITIONS = {"multi_label"}
 
 
 # ------------------------------------------------------------------ official key names and shapes (§9.1 / §9.2)
@@ -376,8 +378,9 @@ def test_our_finetuned_checkpoint_uses_only_official_names(tmp_path):
     state, model, data = trainer_style_finetuned_checkpoint(tmp_path)
     assert set(state["model"]) == set(official_finetuned_keys(depth=2))
     cfg = state["cfg"]
-    assert set(cfg["model"]) == set(CLASSIFIER_FIELDS) | {"_name"}
-    assert set(cfg["task"]) == set(CLASSIFICATION_TASK_FIELDS) | OUR_TASK_ADDITIONS | {"_name"}
+    assert set(cfg["model"]) == set(CLASSIFIER_FIELDS) | OUR_CLASSIFIER_ADDITIONS | {"_name"}
+    assert set(cfg["task"]) == (set(CLASSIFICATION_TASK_FIELDS) | OUR_TASK_ADDITIONS | OUR_CLASSIFICATION_TASK_ADDITIONS
+                                | {"_name"})
     pre = cfg["model"]["pretrained_model_args"]
     assert set(pre["model"]) == set(MODEL_FIELDS) | {"_name"}
     assert set(pre["model"]["modalities"]) <= {"_name", "image"}

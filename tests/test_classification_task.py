@@ -83,7 +83,7 @@ def test_official_fields_and_defaults():
         assert fields[name].default == default, name
     assert issubclass(MaeImageClassificationConfig, MaeImagePretrainingConfig)
     assert set(fields) - {f.name for f in dataclasses.fields(MaeImagePretrainingConfig)} == {
-        "label_descriptors", "labels"}
+        "label_descriptors", "labels", "label_type"}
     node = OmegaConf.structured(MaeImageClassificationConfig)
     assert OmegaConf.is_missing(node, "data") and OmegaConf.to_container(node)["seed"] == "${common.seed}"
 
@@ -372,7 +372,7 @@ def test_recipe_parses_without_paths_and_sets_up_the_task(tmp_path, name):
     assert pick(cfg, "dataset.train_subset", "dataset.valid_subset") == ("train", "eval")
     assert cfg.optimizer._name == "composite" and cfg.optimizer.dynamic_groups and cfg.lr_scheduler == "pass_through"
     assert cfg.criterion._name == "model" and cfg.checkpoint.maximize_best_checkpoint_metric
-    assert cfg.common.tensorboard_logdir is None
+    assert cfg.common.tensorboard_logdir == "tb"  # the official value: event files in the run directory
     assert cfg.optimization.lr[0] == cfg.optimizer.groups.default.lr_float
 
     make_data(tmp_path, [["dog"], ["rain"]], split="eval")

@@ -41,7 +41,9 @@ class MaeImageClassificationConfig(FairseqDataclass):
     model_path: str = field(default=MISSING, metadata={"help": "pre-trained data2vec_multi checkpoint"})
     no_pretrained_weights: bool = field(default=False, metadata={"help": "same architecture, random init"})
     linear_classifier: bool = field(default=False, metadata={"help": "freeze the backbone (linear probing)"})
-    num_classes: int = 1000
+    num_classes: Optional[int] = field(
+        default=1000, metadata={"help": "classes of the head; null: the task's class table (label_descriptors.csv)"}
+    )
     mixup: float = field(default=0.0, metadata={"help": "mixup Beta alpha (0: off)"})
     cutmix: float = field(default=0.0, metadata={"help": "cutmix Beta alpha (0: off)"})
     label_smoothing: float = 0.0
@@ -73,6 +75,12 @@ class MaeImageClassificationConfig(FairseqDataclass):
     freqm: float = 25
     timem: float = 200
     mask_ratio: float = field(default=0.0, metadata={"help": "!= 0: freqm = 128 x ratio, timem = T x ratio"})
+    # --- eat_plugin addition (not in the official config) ---
+    multi_label: Optional[bool] = field(
+        default=None,
+        metadata={"help": "BCE (true) or cross-entropy (false) loss; null: the official rule (multi-label when "
+                          "audio_mae and not esc50_eval / spcv2_eval). The task sets it from task.label_type"},
+    )
 
 
 @register_model("mae_image_classification", dataclass=MaeImageClassificationConfig)
@@ -80,6 +88,11 @@ class MaeImageClassificationModel(BaseFairseqModel):
     def __init__(self, cfg: MaeImageClassificationConfig):
         super().__init__()
         check_target_length(cfg.target_length, "model.target_length")
+        if cfg.num_classes is None or cfg.num_classes < 1:
+            raise ValueError(
+                f"model.num_classes={cfg.num_classes}: expected a positive class count (null is filled in by the "
+                f"mae_image_classification task from label_descriptors.csv)"
+            )
         self.cfg = cfg
         self.model = build_backbone(cfg)  # official attribute name: checkpoint keys are `model.*`
         dim = self.model.cfg.embed_dim
@@ -92,7 +105,7 @@ class MaeImageClassificationModel(BaseFairseqModel):
         self.freqm = NUM_MEL_BINS * cfg.mask_ratio if cfg.mask_ratio else cfg.freqm
         self.timem = cfg.target_length * cfg.mask_ratio if cfg.mask_ratio else cfg.timem
         self.prediction_mode = _prediction_mode(cfg.prediction_mode)
-        self.single_label = not cfg.audio_mae or cfg.esc50_eval or cfg.spcv2_eval
+        self.single_label = is_single_label(cfg)
         if cfg.linear_classifier:
             self.model.requires_grad_(False)
         self._set_optim_overrides()
@@ -178,6 +191,13 @@ class MaeImageClassificationModel(BaseFairseqModel):
                 truth = labels.argmax(-1) if labels.dim() == 2 else labels
                 result["correct"] = (logits.argmax(-1) == truth).sum()
         return result
+
+
+def is_single_label(cfg: MaeImageClassificationConfig) -> bool:
+    """Cross-entropy model? ``multi_label`` when set, else the official rule."""
+    if cfg.multi_label is not None:
+        return not cfg.multi_label
+    return not cfg.audio_mae or cfg.esc50_eval or cfg.spcv2_eval
 
 
 def layer_scales(num_blocks: int, layer_decay: float):

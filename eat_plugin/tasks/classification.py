@@ -7,9 +7,16 @@ weighted-sampling rules) plus the two official label fields. Per split it reads
     {data}/{split}.{labels}          one ``key<TAB>id1,id2,...`` line per manifest row
     {data}/{label_descriptors}       ``index,id,"name"`` class table, read once at setup
 
-and yields ``net_input = {"imgs": (B, 1, T, 128), "label": (B, C)}``. ``esc50_eval`` / ``spcv2_eval``
-select a single-label data set (exactly one label per clip) as well as the statistics; otherwise clips
-are multi-label (AudioSet).
+and yields ``net_input = {"imgs": (B, 1, T, 128), "label": (B, C)}``.
+
+Single- or multi-label (``label_type``): the official recipes leave it to their flags
+(``label_type: flags``): ``esc50_eval`` / ``spcv2_eval`` select a single-label data set (exactly one
+label per clip) as well as the statistics, otherwise clips are multi-label (AudioSet). ``single`` /
+``multi`` say it directly, and ``auto`` reads ``multi_label`` from ``{data}/summary.json``, which every
+preparer writes (``scripts/prepare_custom.py`` included). With an explicit type the task also tells the
+model (``model.multi_label``: cross-entropy or BCE), fills ``model.num_classes: null`` from the class table
+and resolves ``checkpoint.best_checkpoint_metric: auto`` to ``accuracy`` or ``mAP``; the resolved values
+are written into the run's config, so its checkpoints do not need the summary to be read again.
 
 Metrics, computed over the whole validation set (fairseq aggregates every validation batch):
 
@@ -20,10 +27,11 @@ Metrics, computed over the whole validation set (fairseq aggregates every valida
 Both can be ``checkpoint.best_checkpoint_metric`` (with ``maximize_best_checkpoint_metric: true``).
 """
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from fairseq import utils
@@ -48,6 +56,17 @@ class MaeImageClassificationConfig(MaeImagePretrainingConfig):
         default="label_descriptors.csv", metadata={"help": "class table 'index,id,name', relative to task.data"}
     )
     labels: str = field(default="lbl", metadata={"help": "label file extension: {data}/{split}.{labels}"})
+    # --- eat_plugin addition (not in the official config) ---
+    label_type: str = field(
+        default="flags",
+        metadata={"help": "flags (official: esc50_eval/spcv2_eval mean single-label, else multi-label), single, "
+                          "multi, or auto ({data}/summary.json's multi_label, written by the preparers)"},
+    )
+
+
+LABEL_TYPES = ("flags", "single", "multi", "auto")
+SUMMARY_FILE = "summary.json"
+AUTO = "auto"  # checkpoint.best_checkpoint_metric / model.num_classes placeholder resolved by the task
 
 
 def check_classification_config(cfg: MaeImageClassificationConfig) -> None:
@@ -63,6 +82,39 @@ def check_classification_config(cfg: MaeImageClassificationConfig) -> None:
         )
     if not cfg.labels or "/" in cfg.labels:
         raise ValueError(f"task.labels={cfg.labels!r}: expected a file extension such as 'lbl'")
+    if cfg.label_type not in LABEL_TYPES:
+        raise ValueError(f"task.label_type={cfg.label_type!r}: expected one of {list(LABEL_TYPES)}")
+
+
+def resolve_multi_label(cfg: MaeImageClassificationConfig) -> bool:
+    """Whether clips may carry several labels, as ``task.label_type`` says (see the module docstring)."""
+    if cfg.label_type == "flags":
+        return not (cfg.esc50_eval or cfg.spcv2_eval)
+    if cfg.label_type in ("single", "multi"):
+        return cfg.label_type == "multi"
+    path = Path(cfg.data) / SUMMARY_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"task.label_type=auto reads {path}, which does not exist: run scripts/prepare_custom.py (or another "
+            f"preparer) into task.data, or set task.label_type=single / multi"
+        )
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"task.label_type=auto: cannot read {path}: {err}") from None
+    value = summary.get("multi_label") if isinstance(summary, dict) else None
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"task.label_type=auto: {path} has no boolean 'multi_label' (got {value!r}); re-run the preparer that "
+            f"wrote it, or set task.label_type=single / multi"
+        )
+    return value
+
+
+def _run_config(cfg: Any) -> Optional[Any]:
+    """The whole run's config that ``cfg`` (``task`` or ``model``) sits in, if fairseq built it that way."""
+    parent = getattr(cfg, "_get_parent", lambda: None)()
+    return parent if parent is not None and "checkpoint" in parent else None
 
 
 @register_task("mae_image_classification", dataclass=MaeImageClassificationConfig)
@@ -75,8 +127,36 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
         check_classification_config(cfg)
         super().__init__(cfg)
         self.label_descriptors: LabelDescriptors = read_label_descriptors(self.descriptors_path)
+        self.multi_label: bool = resolve_multi_label(cfg)
         # the official task state: {label id: class index as a string}
         self.state.merge_state_dict({"labels": self.label_table()})
+        self._record_resolved_choices()
+
+    def _record_resolved_choices(self) -> None:
+        """``label_type: auto`` -> single/multi and ``best_checkpoint_metric: auto`` -> the metric, in the run config.
+
+        fairseq gives the task a merged copy of ``cfg.task`` whose parent is the run's config (the one the
+        trainer saves and the checkpoint logic reads), so the choices are written there.
+        """
+        run = _run_config(self.cfg)
+        resolved_type = "multi" if self.multi_label else "single"
+        if self.cfg.label_type == AUTO:
+            logger.info(f"task.label_type=auto: {resolved_type}-label, from {Path(self.cfg.data) / SUMMARY_FILE}")
+            for node in (self.cfg, run.task if run is not None else None):
+                if node is not None:
+                    with open_dict(node):
+                        node.label_type = resolved_type
+        if run is not None and run.checkpoint.get("best_checkpoint_metric") == AUTO:
+            metric = self.validation_metric
+            with open_dict(run.checkpoint):
+                run.checkpoint.best_checkpoint_metric = metric
+                run.checkpoint.maximize_best_checkpoint_metric = True
+            logger.info(f"checkpoint.best_checkpoint_metric=auto: {metric} (maximised)")
+
+    @property
+    def validation_metric(self) -> str:
+        """The metric ``reduce_metrics`` derives: ``mAP`` for multi-label data, ``accuracy`` otherwise."""
+        return "mAP" if self.multi_label else "accuracy"
 
     @classmethod
     def setup_task(cls, cfg: MaeImageClassificationConfig, **kwargs) -> "MaeImageClassificationTask":
@@ -90,11 +170,6 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
     @property
     def num_classes(self) -> int:
         return len(self.label_descriptors)
-
-    @property
-    def multi_label(self) -> bool:
-        """AudioSet-style multi-label data unless ``esc50_eval`` / ``spcv2_eval`` (one label per clip)."""
-        return not (self.cfg.esc50_eval or self.cfg.spcv2_eval)
 
     def label_table(self) -> Dict[str, str]:
         return {label_id: str(index) for index, label_id in enumerate(self.label_descriptors.ids)}
@@ -130,7 +205,8 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
 
     # ------------------------------------------------------------------ model
     def build_model(self, cfg: Any, from_checkpoint: bool = False):
-        """Check ``model.num_classes`` against the class table, then fairseq's default build."""
+        """Fill / check ``model.num_classes`` and ``model.multi_label`` against the data, then fairseq's build."""
+        self._configure_model(cfg)
         num_classes = getattr(cfg, "num_classes", None)
         if num_classes is not None and num_classes != self.num_classes:
             raise ValueError(
@@ -147,6 +223,23 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
             with open_dict(cfg):
                 cfg.pretrained_model_args = actualized
         return model
+
+    def _configure_model(self, cfg: Any) -> None:
+        """``model.num_classes: null`` -> the class table's size; an explicit label type -> ``model.multi_label``."""
+        if getattr(cfg, "num_classes", 0) is None:
+            with open_dict(cfg):
+                cfg.num_classes = self.num_classes
+            logger.info(f"model.num_classes: {self.num_classes}, from {self.descriptors_path}")
+        if self.cfg.label_type == "flags":
+            return
+        stated = getattr(cfg, "multi_label", None)
+        if stated is not None and bool(stated) != self.multi_label:
+            raise ValueError(
+                f"model.multi_label={stated} but task.label_type says the data is "
+                f"{'multi' if self.multi_label else 'single'}-label; leave model.multi_label unset (null)"
+            )
+        with open_dict(cfg):
+            cfg.multi_label = self.multi_label
 
     # ------------------------------------------------------------------ metrics
     def reduce_metrics(self, logging_outputs: List[Dict[str, Any]], criterion) -> None:
