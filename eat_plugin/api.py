@@ -65,7 +65,9 @@ def load_model(path: Union[str, Path], device: str = "cpu", labels: Optional[Uni
         raise ValueError(f"{path}: not a fairseq EAT checkpoint (no cfg.model)")
     network, model_target_length = _build_network(state, path)
     front_end = FbankFrontEnd(target_length or model_target_length, norm if norm is not None else _training_norm(cfg))
-    names = _label_names(state, labels) if isinstance(network, MaeImageClassificationModel) else None
+    names = None
+    if isinstance(network, MaeImageClassificationModel):
+        names = _label_names(state, labels, network.head.out_features)
     return EATModel(network, front_end, names, device, batch_size)
 
 
@@ -208,14 +210,26 @@ def _training_norm(cfg) -> NormStats:
     return resolve_norm_stats("audioset")
 
 
-def _label_names(state: dict, labels: Optional[Union[str, Path]]) -> Optional[List[str]]:
-    """Display names by class index: a given csv, else the training data's descriptors, else stored ids."""
+def _label_names(state: dict, labels: Optional[Union[str, Path]], num_classes: int) -> Optional[List[str]]:
+    """Display names by class index: a given csv, else the training data's descriptors, else stored ids.
+
+    A given csv must list exactly ``num_classes`` classes (``ValueError`` naming it otherwise); training
+    descriptors that no longer match the model (the data changed since) are passed over with a warning.
+    """
     if labels is not None:
-        return read_label_descriptors(labels).names
+        names = read_label_descriptors(labels).names
+        if len(names) != num_classes:
+            raise ValueError(f"{labels}: lists {len(names)} classes but the model has {num_classes}; "
+                             f"expected the class table the model was fine-tuned with")
+        return names
     task = state["cfg"].get("task") or {}
     descriptors = Path(str(task.get("data", ""))) / str(task.get("label_descriptors", "label_descriptors.csv"))
     if task.get("data") and descriptors.is_file():
-        return read_label_descriptors(descriptors).names
+        names = read_label_descriptors(descriptors).names
+        if len(names) == num_classes:
+            return names
+        logger.warning(f"{descriptors} lists {len(names)} classes but the model has {num_classes} (the data changed "
+                       f"since fine-tuning?); using the class ids stored in the checkpoint")
     stored = (state.get("task_state") or {}).get("labels")
     if stored:
         by_index = {int(index): label_id for label_id, index in stored.items()}

@@ -14,6 +14,7 @@ import argparse
 import collections
 import pickle
 import typing
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
@@ -24,6 +25,10 @@ import torch
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint pickles objects outside the fairseq allow-list; it was not loaded."""
+
+
+class NotACheckpointError(ValueError):
+    """The file is not a torch checkpoint at all (or a corrupt / truncated one)."""
 
 
 def _numpy_globals() -> List[Any]:
@@ -67,16 +72,41 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        NotACheckpointError: the file is not a ``torch.save`` file (or is truncated / corrupt), or holds
+            something other than a checkpoint dict.
         UnsafeCheckpointError: the file pickles any other class or function; nothing in it was run.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    _check_torch_file(path)
     allow_fairseq_checkpoint_classes()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(_refusal(path, err)) from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile) as err:
+        raise NotACheckpointError(
+            f"{path}: corrupt or truncated torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise NotACheckpointError(
+            f"{path}: holds a {type(state).__name__}, not a checkpoint dict (expected the dict fairseq / torch.save "
+            f"writes, with 'model' and 'cfg')"
+        )
+    return state
+
+
+def _check_torch_file(path: Path) -> None:
+    """Raise ``NotACheckpointError`` unless the file is a torch zip archive or a legacy pickle."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":  # zip (torch >= 1.6) or pickle protocol >= 2
+        return
+    what = "an empty file" if not head else f"a file starting with {head!r}"
+    raise NotACheckpointError(
+        f"{path}: not a torch checkpoint ({what}); expected a .pt file written by fairseq or torch.save"
+    )
 
 
 def _refusal(path: Path, err: Exception) -> str:

@@ -131,8 +131,8 @@ def load(args: argparse.Namespace, labels: Optional[Path] = None, check_names: b
         raise CLIError(f"{path}: not a readable fairseq checkpoint ({type(err).__name__}: {err})") from None
     except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as err:
         message = str(err) or type(err).__name__
-        raise CLIError(message if message.startswith(str(path)) else f"{path}: cannot load the checkpoint: {message}") \
-            from None
+        named = message.startswith(str(path)) or (labels is not None and message.startswith(str(labels)))
+        raise CLIError(message if named else f"{path}: cannot load the checkpoint: {message}") from None
     if check_names:
         check_label_names(model, labels)
     return model

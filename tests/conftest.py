@@ -20,7 +20,7 @@ def tone(freq_hz: float, seconds: float, sample_rate: int, amplitude: float = 0.
 def broadband(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
     """``(S,)`` float32 noise + tones: energy in every mel band, so log-mel values are well conditioned."""
     rng = np.random.default_rng(seed)
-    wave = 0.1 * rng.standard_normal(int(seconds * sample_rate))
+    wave = 0.1 * rng.standard_normal(int(round(seconds * sample_rate)))  # the length tone() gives
     wave += tone(440, seconds, sample_rate, 0.3) + tone(3000, seconds, sample_rate, 0.2)
     return wave.astype(np.float32)
 

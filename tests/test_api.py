@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 import eat_plugin
 from conftest import tone, write_wav
-from eat_plugin.checkpoint import UnsafeCheckpointError
+from eat_plugin.checkpoint import NotACheckpointError, UnsafeCheckpointError
 from eat_plugin.data.fbank import NORM_STATS, FbankFrontEnd
 from eat_plugin.data.manifest import write_label_descriptors
 from eat_plugin.models.mae_image_classification import MaeImageClassificationModel
@@ -239,6 +239,23 @@ def test_label_names_from_csv_data_dir_or_stored_ids(ckpts, tmp_path):
     assert all(name.startswith("class_") for name, _ in bare.predict(ckpts.clip)[0])
 
 
+def test_class_table_with_another_class_count(ckpts, tmp_path, caplog):
+    short = tmp_path / "short.csv"
+    write_label_descriptors(short, LABEL_IDS[:-1])
+    with pytest.raises(ValueError, match=rf"short\.csv: lists {NUM_CLASSES - 1} classes but the model has {NUM_CLASSES}"):
+        eat_plugin.load_model(ckpts.single, labels=short)
+
+    changed = tmp_path / "changed"  # the training data's table grew since fine-tuning: the stored ids win
+    changed.mkdir()
+    write_label_descriptors(changed / "label_descriptors.csv", [*LABEL_IDS, "/m/new"])
+    state = torch.load(ckpts.single, weights_only=False)
+    state["cfg"]["task"]["data"] = str(changed)
+    torch.save(state, tmp_path / "changed.pt")
+    with caplog.at_level("WARNING"):
+        assert eat_plugin.load_model(tmp_path / "changed.pt").label_names == LABEL_IDS
+    assert f"lists {NUM_CLASSES + 1} classes but the model has {NUM_CLASSES}" in caplog.text
+
+
 # -------------------------------------------------------------------------------------------- loading
 
 
@@ -260,3 +277,16 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(ckpts, tmp_path):
     assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="nope.pt: checkpoint not found"):
         eat_plugin.load_model(tmp_path / "nope.pt")
+
+
+def test_files_that_are_not_checkpoints_say_so(ckpts, tmp_path):
+    (tmp_path / "text.pt").write_text("model weights go here\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(ckpts.single.read_bytes()[:4096])  # a zip without its directory
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    for name, message in [("text.pt", r"not a torch checkpoint \(a file starting with b'mode'\)"),
+                          ("empty.pt", r"not a torch checkpoint \(an empty file\)"),
+                          ("cut.pt", r"not a torch checkpoint|corrupt or truncated torch checkpoint"),
+                          ("tensor.pt", r"holds a Tensor, not a checkpoint dict")]:
+        with pytest.raises(NotACheckpointError, match=rf"{name}: {message}"):
+            eat_plugin.load_model(tmp_path / name)

@@ -313,7 +313,7 @@ def test_bad_input_is_a_clear_error_without_traceback(env, tmp_path, capsys):
     short_table = tmp_path / "three.csv"
     short_table.write_text('0,a,"A"\n1,b,"B"\n2,c,"C"\n')
     assert inference.main([str(env.multi), clip, "--device", "cpu", "--labels", str(short_table)]) == 1
-    assert f"{short_table} lists 3 classes but the model has {NUM_CLASSES}" in capsys.readouterr().err
+    assert f"{short_table}: lists 3 classes but the model has {NUM_CLASSES}" in capsys.readouterr().err
 
     for argv in (["--granularity", "frames"], ["--norm", "imagenet"], ["--batch-size", "0"], ["--target-length", "100"]):
         with pytest.raises(SystemExit):  # argparse: usage error, status 2
