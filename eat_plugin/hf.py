@@ -32,26 +32,21 @@ Decisions:
   file. The classification task reads ``{data}/label_descriptors.csv`` (num_classes rows): load with
   ``checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": <dir>})``.
 * Config values the HF config does not carry come from ``template_cfg`` (a fairseq cfg) or the
-  official recipes: EAT-base (§6.1, §6.3), EAT-large (§6.2) for a 1024-wide, 24-deep model.
+  official recipes: EAT-base (§6.1, §6.3), EAT-large (§6.2) for a 1024-wide, 24-deep model
+  (``eat_plugin.official_configs``).
 
-Weights files use the safetensors format, implemented here (no extra dependency).
+Weights files use the safetensors format (``eat_plugin.safetensors_io``, no extra dependency).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import logging
-import math
-import struct
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from fairseq.dataclass.configs import FairseqConfig
-from fairseq.dataclass.initialize import add_defaults
 from omegaconf import OmegaConf
 from torch import Tensor
 
@@ -60,118 +55,13 @@ from eat_plugin.data.fbank import NUM_MEL_BINS, PATCH_FRAMES, check_target_lengt
 from eat_plugin.data.manifest import read_label_descriptors
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig, backbone_config
-from eat_plugin.models.pretraining_config import Data2VecMultiConfig, check_supported, config_from_dict
-from eat_plugin.tasks.classification import MaeImageClassificationConfig as ClassificationTaskConfig
-from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig
+from eat_plugin.models.pretraining_config import check_supported, config_from_dict
+from eat_plugin.official_configs import checkpoint_cfg, finetuning_cfg, pretraining_cfg, split_template
+from eat_plugin.safetensors_io import load_safetensors, save_safetensors
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-
-# ---------------------------------------------------------------------------------------------------
-# safetensors: u64 little-endian header length | JSON header | tensor bytes, back to back
-
-SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
-_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
-
-
-def _require_little_endian() -> None:
-    if sys.byteorder != "little":
-        raise RuntimeError("safetensors stores little-endian bytes; this big-endian host is not supported")
-
-
-def save_safetensors(tensors: Mapping[str, Tensor], path: PathLike,
-                     metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write ``tensors`` (F32/F16/BF16/I64) as a safetensors file, in name order.
-
-    Header: ``{name: {"dtype", "shape", "data_offsets": [begin, end)}}`` with offsets into the data
-    section, plus ``"__metadata__"`` (str -> str); padded with spaces to a multiple of 8 bytes.
-    """
-    _require_little_endian()
-    header: Dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
-    chunks, offset = [], 0
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        if name == "__metadata__" or not isinstance(tensor, Tensor) or tensor.dtype not in _DTYPE_NAMES:
-            what = getattr(tensor, "dtype", type(tensor).__name__)
-            raise ValueError(f"cannot store {name!r} ({what}) in safetensors: expected a tensor of "
-                             f"{', '.join(map(str, _DTYPE_NAMES))}")
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for chunk in chunks:
-            f.write(chunk)
-
-
-def read_safetensors(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
-    """Read a safetensors file -> ``(tensors, metadata)``; malformed files raise ``ValueError``."""
-    _require_little_endian()
-    raw = bytearray(Path(path).read_bytes())
-    if len(raw) < 8:
-        raise ValueError(f"{path}: not a safetensors file (shorter than the 8-byte header length)")
-    (size,) = struct.unpack("<Q", raw[:8])
-    if size > len(raw) - 8:
-        raise ValueError(f"{path}: header length {size} exceeds the file size {len(raw)}")
-    try:
-        header = json.loads(raw[8:8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: unreadable safetensors header: {err}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: the safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    start, data_size = 8 + size, len(raw) - 8 - size
-    tensors, spans = {}, []
-    for name, info in header.items():
-        tensors[name], span = _decode_tensor(raw, start, data_size, name, info, path)
-        spans.append(span)
-    _check_spans(sorted(spans), data_size, path)
-    return tensors, dict(metadata)
-
-
-def load_safetensors(path: PathLike) -> Dict[str, Tensor]:
-    """The tensors of a safetensors file (see ``read_safetensors``)."""
-    return read_safetensors(path)[0]
-
-
-def _decode_tensor(raw: bytearray, start: int, data_size: int, name: str, info: Any,
-                   path) -> Tuple[Tensor, Tuple[int, int]]:
-    """One header entry -> its tensor (an own, aligned copy) and its byte span in the data section."""
-    if not isinstance(info, dict) or {"dtype", "shape", "data_offsets"} - set(info):
-        raise ValueError(f"{path}: header entry {name!r} needs dtype, shape and data_offsets, got {info!r}")
-    dtype = SAFETENSORS_DTYPES.get(info["dtype"])
-    if dtype is None:
-        raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']!r}; "
-                         f"supported: {', '.join(SAFETENSORS_DTYPES)}")
-    shape = [int(n) for n in info["shape"]]
-    begin, end = (int(n) for n in info["data_offsets"])
-    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-    if not 0 <= begin <= end <= data_size or end - begin != nbytes:
-        raise ValueError(f"{path}: tensor {name!r} ({info['dtype']} {shape}) needs {nbytes} bytes but its "
-                         f"data_offsets are [{begin}, {end}) in a data section of {data_size} bytes")
-    if nbytes == 0:
-        return torch.empty(shape, dtype=dtype), (begin, end)
-    data = torch.frombuffer(raw, dtype=torch.uint8, count=nbytes, offset=start + begin).clone()
-    return data.view(dtype).reshape(shape), (begin, end)
-
-
-def _check_spans(spans: Sequence[Tuple[int, int]], data_size: int, path) -> None:
-    """The tensors must tile the data section exactly: no gap, no overlap, nothing after."""
-    position = 0
-    for begin, end in spans:
-        if begin != position:
-            raise ValueError(f"{path}: tensor data is not contiguous (a tensor starts at byte {begin}, "
-                             f"expected {position})")
-        position = end
-    if position != data_size:
-        raise ValueError(f"{path}: {data_size - position} bytes after the last tensor")
-
 
 # ---------------------------------------------------------------------------------------------------
 # key names and shapes
@@ -285,16 +175,6 @@ def eat_config(values: Mapping[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # fairseq -> HF
 
-
-def checkpoint_cfg(state: Mapping[str, Any]) -> Dict[str, Any]:
-    """A fairseq checkpoint's ``cfg`` as a plain, resolved dict (enums as names)."""
-    cfg = state.get("cfg")
-    if cfg is None:
-        raise ValueError("the checkpoint has no 'cfg' (a legacy 'args' checkpoint?); expected a fairseq "
-                         "checkpoint of data2vec_multi or mae_image_classification")
-    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, enum_to_str=True)
-
-
 def _classifier_config(model: Mapping[str, Any]):
     """A stored ``mae_image_classification`` model cfg as the typed config (unknown keys dropped)."""
     known = set(MaeImageClassificationConfig.__dataclass_fields__)
@@ -379,163 +259,6 @@ def fairseq_to_hf(state: Mapping[str, Any]) -> Tuple[Dict[str, Tensor], Dict[str
     config = {**_REMOTE_CODE, **config, "torch_dtype": str(dtype).replace("torch.", "")}
     return {hf: weights[fs] for fs, hf in mapping.items()}, config
 
-
-# ---------------------------------------------------------------------------------------------------
-# HF -> fairseq: configs
-
-_OPTIMIZER = {"_name": "composite", "dynamic_groups": True, "groups": {"default": {
-    "lr_float": 0.0005, "optimizer": {"_name": "adam", "adam_betas": [0.9, 0.95], "weight_decay": 0.05},
-    "lr_scheduler": {"_name": "cosine", "warmup_updates": 53333}}}}
-
-
-def official_pretraining_sections(large: bool = False) -> Dict[str, Any]:
-    """The official EAT-base pre-training recipe (§6.1), or EAT-large's (§6.2), as cfg sections."""
-    lr = 0.0004 if large else 0.0005
-    optimizer = copy.deepcopy(_OPTIMIZER)
-    optimizer["groups"]["default"]["lr_float"] = lr
-    decoder = {"decoder_dim": 1024 if large else 768, "decoder_groups": 16, "decoder_kernel": 5 if large else 3,
-               "decoder_layers": 3 if large else 6, "input_dropout": 0.0}
-    image = {"in_chans": 1, "inverse_mask": True, "mask_prob": 0.75 if large else 0.8,
-             "mask_prob_adjust": 0.1 if large else 0.07, "mask_length": 5, "mask_noise_std": 0.01, "prenet_depth": 0,
-             "ema_local_encoder": True, "num_extra_tokens": 1, "init_extra_token_zero": False,
-             "use_alibi_encoder": False, "decoder": decoder}
-    model = {"_name": "data2vec_multi", "ema_decay": 0.9998, "ema_end_decay": 0.99999,
-             "ema_anneal_end_step": 150000 if large else 100000, "instance_norm_target_layer": True,
-             "layer_norm_target_layer": False, "layer_norm_targets": True, "end_of_block_targets": False,
-             "depth": 24 if large else 12, "average_top_k_layers": 24 if large else 12, "clone_batch": 16,
-             "norm_eps": 1e-6, "min_target_var": 0.0, "min_pred_var": 0.0, "encoder_dropout": 0.0,
-             "post_mlp_drop": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "supported_modality": "IMAGE",
-             "cls_loss": 1.0, "ema_encoder_only": False, "modalities": {"image": image}}
-    return {
-        "common": {"fp16": True, "log_format": "json", "log_interval": 200, "min_loss_scale": 1e-6,
-                   "fp16_no_flatten_grads": True, "seed": 1},
-        "checkpoint": {"save_interval": 1, "save_interval_updates": 10000, "keep_interval_updates": 1,
-                       "no_epoch_checkpoints": True},
-        "task": {"_name": "mae_image_pretraining", "data": "data", "rebuild_batches": True, "key": "source",
-                 "precompute_mask_config": {}, "downsr_16hz": True, "audio_mae": True, "h5_format": False,
-                 "target_length": 1024, "flexible_mask": False},
-        "dataset": {"num_workers": 10, "batch_size": 12, "skip_invalid_size_inputs_valid_test": True,
-                    "required_batch_size_multiple": 1, "disable_validation": True},
-        "distributed_training": {"distributed_world_size": 4, "ddp_backend": "c10d"},
-        "criterion": {"_name": "model", "log_keys": ["ema_decay", "target_var", "pred_var", "model_norm", "ema_norm",
-                                                     "masked_pct"]},
-        "optimization": {"max_update": 400000, "lr": [lr], "debug_param_names": True, "clip_norm": 4.0},
-        "optimizer": optimizer,
-        "lr_scheduler": {"_name": "pass_through"},
-        "model": model,
-    }
-
-
-def official_finetuning_sections() -> Dict[str, Any]:
-    """The official AS-2M fine-tuning recipe (§6.3 + finetuning_AS2M.sh, without its HDF5 / weighted
-    sampling data options) as cfg sections; ``model.pretrained_model_args`` is filled in later."""
-    optimizer = copy.deepcopy(_OPTIMIZER)
-    optimizer["groups"]["default"].update(lr_float=0.00005, lr_scheduler={
-        "_name": "cosine", "warmup_updates": 30000, "min_lr": 1e-6})
-    return {
-        "common": {"fp16": True, "log_format": "json", "log_interval": 200, "fp16_no_flatten_grads": True},
-        "checkpoint": {"save_interval": 1, "save_interval_updates": 10000, "keep_interval_updates": 1,
-                       "no_epoch_checkpoints": True, "best_checkpoint_metric": "mAP",
-                       "maximize_best_checkpoint_metric": True},
-        "task": {"_name": "mae_image_classification", "data": "data", "downsr_16hz": True, "audio_mae": True,
-                 "target_length": 1024, "roll_aug": True, "noise": False, "h5_format": False, "weights_file": "",
-                 "num_samples": 200000, "AS2M_finetune": False, "spcv1_finetune": False, "spcv2_eval": False,
-                 "esc50_eval": False},
-        "dataset": {"num_workers": 6, "batch_size": 96, "skip_invalid_size_inputs_valid_test": True,
-                    "required_batch_size_multiple": 2, "train_subset": "train", "valid_subset": "eval"},
-        "distributed_training": {"distributed_world_size": 1, "ddp_backend": "c10d"},
-        "criterion": {"_name": "model", "log_keys": ["_predictions", "_targets"]},
-        "optimization": {"max_update": 300000, "lr": [0.00005]},
-        "optimizer": optimizer,
-        "lr_scheduler": {"_name": "pass_through"},
-        "model": {"_name": "mae_image_classification", "model_path": "", "mixup": 0.8, "mixup_prob": 0.9,
-                  "audio_mae": True, "num_classes": 527, "specaug": True, "mask_ratio": 0.2,
-                  "prediction_mode": "CLS_TOKEN", "spcv2_eval": False, "esc50_eval": False, "target_length": 1024,
-                  "label_smoothing": 0.0, "freqm": 25, "timem": 200},
-    }
-
-
-def _over(sections: Dict[str, Any], template: Optional[Mapping[str, Any]], typed: Mapping[str, type]) -> Dict[str, Any]:
-    """``template``'s sections over ``sections``: ``typed`` ones (model, task) merged key by key and
-    restricted to their dataclass's fields, the others replaced; ``None`` sections are skipped."""
-    for name, value in (template or {}).items():
-        if value is None or name not in FairseqConfig.__dataclass_fields__:
-            continue
-        if name in typed and isinstance(value, Mapping):
-            fields = typed[name].__dataclass_fields__
-            value = {k: v for k, v in value.items() if k in fields}
-            value = OmegaConf.to_container(OmegaConf.merge(sections.get(name) or {}, value))
-        sections[name] = copy.deepcopy(value)
-    return sections
-
-
-def complete_cfg(sections: Mapping[str, Any]) -> Dict[str, Any]:
-    """Sections -> the full fairseq cfg the trainer saves: every section, each registered dataclass's
-    defaults filled in (as ``fairseq-hydra-train`` does), interpolations resolved, enums as names."""
-    cfg = OmegaConf.merge(OmegaConf.structured(FairseqConfig), dict(sections))
-    add_defaults(cfg)
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
-def pretraining_cfg(config: Mapping[str, Any], template: Optional[Mapping[str, Any]] = None,
-                    data: Optional[str] = None) -> Dict[str, Any]:
-    """Full resolved cfg of a ``data2vec_multi`` run with the structure of the EATConfig ``config``.
-
-    Widths, depth, heads, lengths and norm eps come from ``config``; every other value from ``template``
-    (a pre-training cfg) over the official recipe: EAT-large for a 1024-wide, 24-deep model, else EAT-base
-    (the decoder then as wide as the encoder).
-    """
-    d, depth, heads = config["embed_dim"], config["depth"], config["num_heads"]
-    sections = official_pretraining_sections(large=(d, depth) == (1024, 24))
-    sections["model"]["modalities"]["image"]["decoder"]["decoder_dim"] = d
-    sections = _over(sections, template, {"model": Data2VecMultiConfig, "task": MaeImagePretrainingConfig})
-    model, task = sections["model"], sections["task"]
-    model.update(_name="data2vec_multi", embed_dim=d, depth=depth, num_heads=heads, mlp_ratio=config["mlp_ratio"],
-                 norm_eps=config["norm_eps"], norm_affine=True, layer_norm_first=False, supported_modality="IMAGE",
-                 ema_encoder_only=False, average_top_k_layers=min(model.get("average_top_k_layers", depth), depth))
-    model.setdefault("modalities", {}).setdefault("image", {}).update(
-        type="IMAGE", in_chans=1, patch_size=PATCH_FRAMES, embed_dim=d, max_length=config["max_length"],
-        target_length=config["img_size"][0], num_extra_tokens=1, prenet_depth=0, fixed_positions=True,
-        num_alibi_heads=heads, model_depth=depth)
-    task.update(_name="mae_image_pretraining", target_length=config["img_size"][0])
-    if data is not None or template is None:
-        task["data"] = data or "data"
-    return complete_cfg(sections)
-
-
-def finetuning_cfg(config: Mapping[str, Any], pretraining: Mapping[str, Any],
-                   template: Optional[Mapping[str, Any]] = None, data: Optional[str] = None) -> Dict[str, Any]:
-    """Full resolved cfg of a ``mae_image_classification`` run; ``pretraining`` goes to
-    ``model.pretrained_model_args`` (criterion and lr_scheduler nulled, as the official loader stores it)."""
-    sections = _over(official_finetuning_sections(), template,
-                     {"model": MaeImageClassificationConfig, "task": ClassificationTaskConfig})
-    model, task = sections["model"], sections["task"]
-    if data is not None or template is None:
-        task["data"] = data or "data"
-    args = {**copy.deepcopy(dict(pretraining)), "criterion": None, "lr_scheduler": None}
-    args["task"]["data"] = task["data"]
-    model.pop("data", None)  # II("task.data")
-    model.update(_name="mae_image_classification", num_classes=config["num_classes"], use_fc_norm=True,
-                 target_length=config["img_size"][0], prediction_mode="CLS_TOKEN", pretrained_model_args=args)
-    if model.get("norm_eps") is not None:
-        model["norm_eps"] = config["norm_eps"]
-    task.update(_name="mae_image_classification", target_length=config["img_size"][0])
-    return complete_cfg(sections)
-
-
-def _split_template(template_cfg: Any) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
-    """A template cfg -> ``(pre-training cfg, fine-tuning cfg)``; a fine-tuned one gives both."""
-    if template_cfg is None:
-        return None, None
-    template = checkpoint_cfg({"cfg": template_cfg})
-    name = (template.get("model") or {}).get("_name")
-    if name == "data2vec_multi":
-        return template, None
-    if name == "mae_image_classification":
-        return template["model"].get("pretrained_model_args"), template
-    raise ValueError(f"template cfg.model._name={name!r}: expected 'data2vec_multi' or 'mae_image_classification'")
-
-
 # ---------------------------------------------------------------------------------------------------
 # HF -> fairseq: checkpoints
 
@@ -584,7 +307,7 @@ def hf_to_fairseq(hf_state: Mapping[str, Tensor], hf_config: Mapping[str, Any], 
     weights = _hf_aliases(hf_state)
     check_weights(weights, hf_shapes(config), "the Hugging Face state dict")
     fairseq_weights = {fs: weights[hf] for fs, hf in key_map(config["depth"], finetuned).items()}
-    pre_template, ft_template = _split_template(template_cfg)
+    pre_template, ft_template = split_template(template_cfg)
     pretraining = pretraining_cfg(config, pre_template, data)
     if not finetuned:
         if label_ids is not None:

@@ -1,4 +1,5 @@
-"""fairseq <-> Hugging Face layout (eat_plugin.hf, scripts/convert_hf.py) and the safetensors reader/writer."""
+"""fairseq <-> Hugging Face layout (eat_plugin.hf, scripts/convert_hf.py) and the safetensors reader/writer
+(eat_plugin.safetensors_io)."""
 
 import json
 import struct
@@ -18,11 +19,10 @@ from eat_plugin.hf import (
     hf_to_fairseq,
     key_map,
     load_hf,
-    read_safetensors,
     save_hf,
-    save_safetensors,
 )
 from eat_plugin.models.mae_image_classification import MaeImageClassificationModel
+from eat_plugin.safetensors_io import read_safetensors, save_safetensors
 from test_checkpoint_interchange import (load_with_fairseq, official_checkpoint, reference_features,
                                          write_label_descriptors)
 from test_classification_model import finetune_config, save_pretrained
