@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Generate the built-in demo data set: synthetic sounds in the ESC-50 published layout.
+"""Generate the built-in demo data set: synthetic sounds in the ESC-50 published layout or in class folders.
 
-Writes OUT/meta/esc50.csv (the exact ESC-50 header) and OUT/audio/{fold}-{src}-{take}-{target}.wav,
+``--layout esc50`` (default) writes OUT/meta/esc50.csv (the exact ESC-50 header) and
+OUT/audio/{fold}-{src}-{take}-{target}.wav; ``--layout folders`` writes the same clips as
+OUT/<class name>/{fold}-{src}-{take}-{target}.wav (one folder per class, no csv).
 5 folds x 6 procedurally distinct classes x N clips, mono 16-bit PCM. Each clip draws its own random
 parameters (pitch, rate, timing), adds a quieter sound of another class and a low noise floor, and is
 scaled to a random peak in [0.3, 0.9]. The same arguments give byte-identical files.
@@ -10,6 +12,9 @@ Feed it to the same preparation a real user runs:
 
     python scripts/make_demo_data.py --out demo/esc50_synth
     python scripts/prepare_esc50.py --esc50-root demo/esc50_synth --out demo/manifests
+
+    python scripts/make_demo_data.py --layout folders --out demo/folders_synth
+    python scripts/prepare_custom.py --folders demo/folders_synth --out demo/custom_manifests
 """
 
 from __future__ import annotations
@@ -175,27 +180,46 @@ def write_meta(path: Path, rows: Sequence[Dict[str, object]]) -> None:
             writer.writerow([row[c] for c in META_HEADER])
 
 
+def clip_path(out: Path, row: Dict[str, object], layout: str) -> Path:
+    """Where a clip goes: ``OUT/audio/<file>`` (esc50) or ``OUT/<class name>/<file>`` (folders)."""
+    return out / ("audio" if layout == "esc50" else str(row["category"])) / str(row["filename"])
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     num_samples = int(round(args.seconds * args.sample_rate))
     rows = plan_clips(args.clips_per_class_per_fold)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
     for row in prepare.progress(rows, "writing demo clips"):
         # One generator per clip, keyed by its position: clips do not depend on how many others exist.
         rng = np.random.default_rng([args.seed, row["fold"], row["target"], row["index"]])
         wave = make_clip(rng, row["target"], num_samples, args.sample_rate)  # (S,) int16
-        sf.write(out / "audio" / row["filename"], wave, args.sample_rate, subtype="PCM_16", format="WAV")
-    write_meta(out / "meta" / "esc50.csv", rows)
+        path = clip_path(out, row, args.layout)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, wave, args.sample_rate, subtype="PCM_16", format="WAV")
+    if args.layout == "esc50":
+        write_meta(out / "meta" / "esc50.csv", rows)
+        where = f"{out / 'audio'} and {out / 'meta' / 'esc50.csv'}"
+    else:
+        where = f"{out}/<class name>/ ({', '.join(CLASSES)})"
     print(
         f"wrote {len(rows)} clips ({len(CLASSES)} classes x {NUM_FOLDS} folds x {args.clips_per_class_per_fold}, "
-        f"{args.seconds:g} s at {args.sample_rate} Hz) to {out / 'audio'} and {out / 'meta' / 'esc50.csv'}"
+        f"{args.seconds:g} s at {args.sample_rate} Hz) to {where}"
     )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (gets meta/esc50.csv and audio/)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (esc50: gets meta/esc50.csv and audio/)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("esc50", "folders"),
+        default="esc50",
+        help="esc50: the ESC-50 published layout (default); folders: OUT/<class name>/<clip>.wav, "
+        "the input of scripts/prepare_custom.py --folders",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--clips-per-class-per-fold",

@@ -189,14 +189,21 @@ def summarize(
     extra: Optional[Dict[str, str]] = None,
     max_classes: int = 60,
     max_skipped: int = 20,
+    unsplit: Sequence[Skipped] = (),
 ) -> Dict:
-    """Print the human summary (clips per split and class, skipped files and why); return it as a dict."""
+    """Print the human summary (clips per split and class, skipped files and why); return it as a dict.
+
+    ``unsplit`` lists files skipped before any split was chosen (a preparer that draws the split itself);
+    they are reported under the key ``"unsplit"`` of ``skipped``.
+    """
     name_of = dict(zip(label_ids, label_names))
     per_split = {s: len(scan.clips) for s, scan in splits.items()}
     per_class = {
         s: Counter(label for clip in scan.clips for label in clip.label_ids) for s, scan in splits.items()
     }
     skipped = {s: [vars(k) for k in scan.skipped] for s, scan in splits.items()}
+    if unsplit:
+        skipped["unsplit"] = [vars(k) for k in unsplit]
     lines = [f"== {title} ==", *(f"{k}: {v}" for k, v in (extra or {}).items())]
     lines.append("clips per split: " + ", ".join(f"{s}={n}" for s, n in per_split.items()))
     lines.append(f"classes: {len(label_ids)}")

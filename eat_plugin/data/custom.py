@@ -1,0 +1,549 @@
+"""Any labelled audio -> the official manifest format: listing, label hygiene, split, statistics.
+
+``scripts/prepare_custom.py`` is the command line; the rules live here, once.
+
+Inputs:
+    class folders   ``ROOT/<class>/**/<clip>`` (torchvision ImageFolder / HF ``audiofolder``); the label
+                    is the class folder's name. Hidden files and folders ('.') are ignored, and so are
+                    files whose extension is not in ``prepare.AUDIO_EXTENSIONS`` (counted).
+    a CSV / TSV     a path column, a label column (several labels per cell, separated by ``label_sep``)
+                    and an optional split column (train / valid / test; validation, val, dev -> valid;
+                    eval -> test). Relative paths are relative to the audio root.
+
+Labels:
+    Surrounding whitespace is always stripped. Spellings that differ only in case or whitespace form a
+    conflict group (reported, most frequent spelling first); they stay distinct classes unless
+    ``merge_similar`` maps each group to its most frequent spelling (ties: the first in sorted order).
+    The .lbl format cannot hold spaces, tabs or newlines in a label id, so the id is the spelling with
+    every whitespace character replaced by '_' and the display name is the spelling itself; a comma
+    (the .lbl id separator) cannot be mapped and is an error.
+
+Classes:
+    The sorted label ids of the kept clips (class index = position). A class left without clips after
+    the bad files are skipped is dropped with a warning.
+
+Split (when no split column gives it):
+    Stratified: clips are grouped by label (a multi-label clip by its rarest label, counted over the
+    whole set, ties by id: the usual heuristic), each group sorted by path and shuffled with
+    ``numpy.random.default_rng([seed, crc32(id)])``, so the split depends only on the seed, the class
+    and its paths. A group of n clips gives ``max(1, round_half_up(n * fraction))`` clips to valid and
+    to test when n >= the number of splits; smaller groups give one clip to train, then valid, then test,
+    with a warning. Rows of every split are sorted by path.
+
+Statistics (``norm_stats``):
+    For every training clip: ``read_audio`` -> ``to_mono_16k`` -> ``wave_to_fbank`` -> ``pad_or_crop``
+    to the suggested ``target_length`` (what the model sees before normalisation, zero padding included,
+    as AST/EAT compute theirs); mean and population std pooled over every value of every clip, from
+    float64 sums and sums of squares.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from eat_plugin.data import prepare
+from eat_plugin.data.fbank import (
+    PATCH_FRAMES,
+    SAMPLE_RATE,
+    AudioError,
+    num_fbank_frames,
+    pad_or_crop,
+    read_audio,
+    to_mono_16k,
+    wave_to_fbank,
+)
+from eat_plugin.data.manifest import Clip
+from eat_plugin.data.prepare import LayoutError, Skipped, SplitScan
+
+SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "dev": "valid",
+    "test": "test",
+    "eval": "test",
+}
+PATH_COLUMNS = ("path", "filepath", "file", "filename", "file_name", "audio")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target")
+SPLIT_COLUMN = "split"
+DELIMITERS = (",", "\t", ";", "|")
+SILENT_PEAK = 1.0 / 32768  # one 16-bit step
+WINDOW_SECONDS = 0.025  # one fbank window: a shorter clip has no features
+MAX_TARGET_LENGTH = 1024
+DURATION_KEYS = {"min": 0, "p5": 5, "p50": 50, "p95": 95, "max": 100}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A listed clip, not yet decoded: its path, its label spellings, where it was listed, its given split."""
+
+    path: Path
+    labels: Tuple[str, ...]
+    where: str
+    split: Optional[str] = None
+
+
+@dataclass
+class Listing:
+    """What an input names: the clips, the manifest root and what was set aside while listing."""
+
+    root: Path
+    entries: List[Entry]
+    description: str
+    skipped: List[Tuple[Optional[str], Skipped]] = field(default_factory=list)  # (given split, why)
+    non_audio: int = 0
+    duplicates: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    has_split_column: bool = False
+
+
+@dataclass(frozen=True)
+class ScannedClip:
+    clip: Clip
+    seconds: float
+    split: Optional[str]
+
+
+@dataclass
+class Prepared:
+    """The decoded, labelled, split data set, ready for ``prepare.write_dataset`` and ``prepare.summarize``."""
+
+    root: Path
+    splits: Dict[str, SplitScan]
+    label_ids: List[str]
+    label_names: List[str]
+    seconds: List[float]
+    unsplit: List[Skipped]
+    warnings: List[str]
+    label_conflicts: List[List[str]]
+    duplicates: List[str]
+
+    @property
+    def multi_label(self) -> bool:
+        return any(len(clip.label_ids) > 1 for scan in self.splits.values() for clip in scan.clips)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Listing
+
+
+def list_folders(root: Path) -> Listing:
+    """Every audio file under ``root/<class>/`` (any depth), sorted by path; raise if there is none."""
+    root = prepare.require_dir(Path(root), "a folder with one sub-folder per class (ROOT/<class>/<clip>.wav)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise LayoutError(f"{root}: no class folders; expected one sub-folder per class, ROOT/<class>/<clip>.wav")
+    listing = Listing(root, [], f"class folders in {root}")
+    for name in classes:
+        audio, other = _walk_files(root / name)
+        listing.non_audio += len(other)
+        if not audio:
+            listing.warnings.append(f"class folder {name!r} holds no audio file; no class made of it")
+        listing.entries += [Entry(path, (name,), f"class folder {name!r}") for path in audio]
+    loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if loose:
+        listing.warnings.append(f"{len(loose)} file(s) directly in {root} ignored: a clip's class is its folder")
+    if not listing.entries:
+        raise LayoutError(
+            f"{root}: no audio files in the class folders {classes[:10]}; expected extensions "
+            f"{', '.join(prepare.AUDIO_EXTENSIONS)}"
+        )
+    return listing
+
+
+def _walk_files(folder: Path) -> Tuple[List[Path], List[Path]]:
+    """(audio files, other files) under ``folder``, sorted, hidden ones left out; symlinked folders followed once."""
+    audio, other, seen = [], [], set()
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a symlink loop
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                path = Path(parent) / name
+                (audio if path.suffix.lower() in prepare.AUDIO_EXTENSIONS else other).append(path)
+    return sorted(audio), sorted(other)
+
+
+def list_csv(
+    path: Path,
+    audio_root: Optional[Path] = None,
+    path_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    split_column: Optional[str] = None,
+    label_sep: str = ";",
+) -> Listing:
+    """The clips a CSV/TSV lists; missing files and repeated paths are set aside with their reason."""
+    path = prepare.require_file(Path(path), "a CSV/TSV with a path and a label column")
+    audio_root = Path(audio_root) if audio_root is not None else path.parent
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = f.readline()
+        f.seek(0)
+        delimiter = _delimiter(path, header)
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns
+        path_col = _column(path, columns, path_column, PATH_COLUMNS, "path")
+        label_col = _column(path, columns, label_column, LABEL_COLUMNS, "label")
+        split_col = _column(path, columns, split_column, (SPLIT_COLUMN,), "split", required=split_column is not None)
+        rows = [(reader.line_num, record) for record in reader]
+    if not rows:
+        raise LayoutError(f"{path}: no rows after the header; expected one row per clip")
+    shown = {"\t": "TAB"}.get(delimiter, delimiter)
+    columns_used = f"path column {path_col!r}, label column {label_col!r}, split column {split_col!r}"
+    description = f"{path} (delimiter {shown!r}, {columns_used})"
+    listing = Listing(audio_root, [], description, has_split_column=bool(split_col))
+    first_line: Dict[str, int] = {}
+    for line, record in rows:
+        where = f"{path} line {line}"
+        split = _split_value(record.get(split_col), where) if split_col else None
+        cell = (record.get(path_col) or "").strip().replace("\\", "/")
+        if not cell:
+            listing.skipped.append((split, Skipped(where, f"no path: empty {path_col!r} cell")))
+            continue
+        clip = Path(os.path.abspath(audio_root / cell))
+        if str(clip) in first_line:
+            reason = f"duplicate: listed again at line {line} (first at line {first_line[str(clip)]})"
+            listing.skipped.append((split, Skipped(str(clip), reason)))
+            if str(clip) not in listing.duplicates:
+                listing.duplicates.append(str(clip))
+            continue
+        first_line[str(clip)] = line
+        if not clip.is_file():
+            listing.skipped.append((split, Skipped(str(clip), f"not found: listed in {where}")))
+            continue
+        labels = tuple(part for part in (record.get(label_col) or "").split(label_sep) if part.strip())
+        listing.entries.append(Entry(clip, labels, where, split))
+    if listing.duplicates:
+        listing.warnings.append(
+            f"{len(listing.duplicates)} path(s) listed more than once in {path}; kept the first listing of each: "
+            + ", ".join(listing.duplicates[:5])
+        )
+    listing.root = _common_root(audio_root, [entry.path for entry in listing.entries])
+    return listing
+
+
+def _delimiter(path: Path, header: str) -> str:
+    """Tab for .tsv/.tab; otherwise the most frequent of , TAB ; | in the header line (not the rows: a
+    label cell may hold the label separator)."""
+    if path.suffix.lower() in (".tsv", ".tab"):
+        return "\t"
+    counts = [header.count(d) for d in DELIMITERS]
+    return DELIMITERS[int(np.argmax(counts))] if max(counts) else ","
+
+
+def _column(
+    path: Path, columns: Sequence[str], wanted: Optional[str], defaults: Sequence[str], what: str, required: bool = True
+) -> Optional[str]:
+    """The column named ``wanted`` (else the first of ``defaults``), matched case-insensitively."""
+    by_lower = {c.lower(): c for c in reversed(columns)}
+    for name in [wanted] if wanted else defaults:
+        if name in columns:
+            return name
+        if name.lower() in by_lower:
+            return by_lower[name.lower()]
+    if not required:
+        return None
+    asked = f"column {wanted!r}" if wanted else f"a {what} column (one of {', '.join(defaults)})"
+    raise LayoutError(f"{path}: no {asked}; the columns are {list(columns)}; pass --{what}-column to choose one")
+
+
+def _split_value(value: Optional[str], where: str) -> str:
+    split = SPLIT_ALIASES.get((value or "").strip().lower())
+    if split is None:
+        raise LayoutError(
+            f"{where}: split value {value!r} is not one of train, valid, test "
+            f"(also accepted: validation, val, dev -> valid; eval -> test)"
+        )
+    return split
+
+
+def _common_root(audio_root: Path, paths: Sequence[Path]) -> Path:
+    """The audio root if every clip lies under it, else the clips' common ancestor (lexical, like scan_split)."""
+    root = os.path.abspath(audio_root)
+    parents = [os.path.dirname(str(p)) for p in paths]
+    if all(os.path.commonpath([root, parent]) == root for parent in parents):
+        return Path(root)
+    return Path(os.path.commonpath(parents))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Labels
+
+
+def label_id(spelling: str, where: str) -> str:
+    """The .lbl id of a (stripped) label: whitespace -> '_'; a comma is an error naming the label."""
+    if "," in spelling:
+        raise LayoutError(
+            f"{where}: label {spelling!r} contains ',', which separates label ids in .lbl files; rename it "
+            f"(or, if the cell lists several labels, pass --label-sep ',')"
+        )
+    return "".join("_" if c.isspace() else c for c in spelling)
+
+
+def similar_key(spelling: str) -> str:
+    return "".join(spelling.split()).casefold()
+
+
+def normalise_labels(entries: Sequence[Entry], merge_similar: bool):
+    """Strip, group similar spellings, optionally merge them, map to ids (see the module docstring).
+
+    Returns:
+        the entries with label ids, the entries left without a label, ``{id: display name}``,
+        the conflict groups (raw spellings, most frequent first) and the warnings.
+    """
+    raw = Counter(label for entry in entries for label in entry.labels)
+    stripped = Counter()
+    for label, count in raw.items():
+        stripped[label.strip()] += count
+    groups: Dict[str, List[str]] = defaultdict(list)
+    for label in sorted(raw, key=lambda s: (-raw[s], s)):
+        groups[similar_key(label)].append(label)
+    conflicts = [group for group in groups.values() if len(group) > 1]
+    spelling_of = {s: s for s in stripped}
+    warnings = []
+    for group in conflicts:
+        spellings = sorted({s.strip() for s in group}, key=lambda s: (-stripped[s], s))
+        if len(spellings) == 1:
+            outcome = f"one label, {spellings[0]!r}, once surrounding whitespace is stripped"
+        elif merge_similar:
+            spelling_of.update({s: spellings[0] for s in spellings})
+            outcome = f"merged into {spellings[0]!r} (--merge-similar-labels)"
+        else:
+            outcome = f"kept as {len(spellings)} distinct classes; --merge-similar-labels merges them"
+        warnings.append(f"labels differing only in case or whitespace: {group}: {outcome}")
+    names: Dict[str, str] = {}
+    kept, unlabelled = [], []
+    for entry in entries:
+        ids = []
+        for label in entry.labels:
+            spelling = spelling_of[label.strip()]
+            lid = label_id(spelling, entry.where)
+            if names.setdefault(lid, spelling) != spelling:
+                raise LayoutError(
+                    f"{entry.where}: labels {names[lid]!r} and {spelling!r} both map to the label id {lid!r} "
+                    f"(whitespace becomes '_'); rename one"
+                )
+            if lid not in ids:
+                ids.append(lid)
+        (kept if ids else unlabelled).append(replace(entry, labels=tuple(ids)))
+    return kept, unlabelled, names, [sorted(g, key=lambda s: (-raw[s], s)) for g in conflicts], warnings
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def inspect_clip(path: Path, min_seconds: float) -> Tuple[int, float]:
+    """Decode ``path``; return ``(native samples, seconds)`` or raise ``AudioError`` saying why it is unusable."""
+    wave, sample_rate = read_audio(path)  # (S, C)
+    seconds = wave.shape[0] / sample_rate
+    peak = float(np.abs(wave).max())
+    if peak < SILENT_PEAK:
+        raise AudioError(f"{path}: silent: peak |x| = {peak:.3g} < 1/32768 (one 16-bit step)")
+    if seconds < max(min_seconds, WINDOW_SECONDS):
+        raise AudioError(f"{path}: too short: {seconds:.3f} s < min {max(min_seconds, WINDOW_SECONDS):g} s")
+    return int(wave.shape[0]), seconds
+
+
+def scan(entries: Sequence[Entry], root: Path, min_seconds: float, show_progress: Optional[bool] = None):
+    """Decode every entry once: ``(kept clips, [(given split, Skipped)])``."""
+    kept: List[ScannedClip] = []
+    skipped: List[Tuple[Optional[str], Skipped]] = []
+    for entry in prepare.progress(entries, "decoding clips", show_progress):
+        try:
+            num_samples, seconds = inspect_clip(entry.path, min_seconds)
+        except (AudioError, FileNotFoundError) as err:
+            skipped.append((entry.split, Skipped(str(entry.path), prepare._reason(err, entry.path))))
+            continue
+        relpath = Path(os.path.relpath(os.path.abspath(entry.path), root)).as_posix()
+        kept.append(ScannedClip(Clip(relpath, num_samples, entry.labels), seconds, entry.split))
+    return kept, skipped
+
+
+# ----------------------------------------------------------------------------------------------------
+# Split
+
+
+def split_names(test_fraction: float) -> Tuple[str, ...]:
+    return SPLITS if test_fraction > 0 else SPLITS[:2]
+
+
+def held_out_sizes(n: int, fractions: Sequence[float]) -> List[int]:
+    """Clips of one group for each held-out split (the rest go to train).
+
+    ``max(1, round_half_up(n * f))`` each, reduced (largest first) until train keeps one, when ``n`` is at
+    least the number of splits; otherwise one clip each to train, then the held-out splits in order.
+    """
+    if n < len(fractions) + 1:
+        return [1 if i + 1 < n else 0 for i in range(len(fractions))]
+    sizes = [max(1, math.floor(n * f + 0.5)) for f in fractions]
+    while sum(sizes) > n - 1:
+        sizes[sizes.index(max(sizes))] -= 1
+    return sizes
+
+
+def stratified_split(
+    clips: Sequence[Clip], valid_fraction: float, test_fraction: float, seed: int = 0
+) -> Tuple[Dict[str, List[Clip]], List[str]]:
+    """Split ``clips`` per class (see the module docstring): ``({split: clips sorted by path}, warnings)``."""
+    names = split_names(test_fraction)
+    fractions = {"valid": valid_fraction, "test": test_fraction}
+    counts = Counter(label for clip in clips for label in clip.label_ids)
+    groups: Dict[str, List[Clip]] = defaultdict(list)
+    for clip in sorted(clips, key=lambda c: c.relpath):
+        groups[min(clip.label_ids, key=lambda label: (counts[label], label))].append(clip)
+    out: Dict[str, List[Clip]] = {split: [] for split in names}
+    for key in sorted(groups):
+        members = groups[key]
+        order = np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))]).permutation(len(members))
+        start = 0
+        for split, size in zip(names[1:], held_out_sizes(len(members), [fractions[s] for s in names[1:]])):
+            out[split] += [members[i] for i in order[start : start + size]]
+            start += size
+        out["train"] += [members[i] for i in order[start:]]
+    for split in names:
+        out[split].sort(key=lambda c: c.relpath)
+    return out, _split_warnings(out, counts, len(names))
+
+
+def _split_warnings(splits: Dict[str, List[Clip]], counts: Counter, num_splits: int) -> List[str]:
+    warnings = []
+    few = sorted(label for label, n in counts.items() if n < num_splits)
+    if few:
+        listed = ", ".join(f"{label!r} ({counts[label]} clip{'s' * (counts[label] > 1)})" for label in few)
+        warnings.append(
+            f"class(es) with fewer clips than splits ({num_splits}) cannot be in every split; their clips go to "
+            f"train first, then valid: {listed}"
+        )
+    present = {split: {label for clip in clips for label in clip.label_ids} for split, clips in splits.items()}
+    for label in sorted(set(counts) - set(few)):
+        missing = [split for split in splits if label not in present[split]]
+        if missing:
+            warnings.append(
+                f"class {label!r} ({counts[label]} clips) is missing from {', '.join(missing)}: multi-label clips "
+                f"are stratified by their rarest label only"
+            )
+    return warnings
+
+
+# ----------------------------------------------------------------------------------------------------
+# The whole preparation
+
+
+def build(
+    listing: Listing,
+    merge_similar: bool = False,
+    min_seconds: float = 0.1,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    show_progress: Optional[bool] = None,
+) -> Prepared:
+    """Labels, decoding, class table and split of ``listing`` (nothing written)."""
+    entries, unlabelled, names, conflicts, warnings = normalise_labels(listing.entries, merge_similar)
+    skipped = list(listing.skipped)
+    skipped += [(e.split, Skipped(str(e.path), f"no label: empty label cell at {e.where}")) for e in unlabelled]
+    kept, bad = scan(entries, listing.root, min_seconds, show_progress)
+    skipped += bad
+    label_ids = sorted({label for item in kept for label in item.clip.label_ids})
+    for lid in sorted(set(names) - set(label_ids)):
+        warnings.append(f"class {names[lid]!r} has no usable clip left after skipping; dropped from the class table")
+    if listing.has_split_column:
+        split_clips = _given_splits(kept, {split for split, _ in skipped}, listing.description)
+    else:
+        split_clips, split_warnings = stratified_split([i.clip for i in kept], valid_fraction, test_fraction, seed)
+        warnings += split_warnings
+    splits = {s: SplitScan(clips, [skip for given, skip in skipped if given == s]) for s, clips in split_clips.items()}
+    return Prepared(
+        root=listing.root,
+        splits=splits,
+        label_ids=label_ids,
+        label_names=[names[lid] for lid in label_ids],
+        seconds=[item.seconds for item in kept],
+        unsplit=[skip for given, skip in skipped if given is None],
+        warnings=listing.warnings + warnings,
+        label_conflicts=conflicts,
+        duplicates=listing.duplicates,
+    )
+
+
+def _given_splits(kept: Sequence[ScannedClip], skipped_splits: set, description: str) -> Dict[str, List[Clip]]:
+    """The split column's splits (every one named in it, even if all its clips were skipped), rows sorted by path."""
+    named = {item.split for item in kept} | skipped_splits
+    splits = {s: sorted((i.clip for i in kept if i.split == s), key=lambda c: c.relpath) for s in SPLITS if s in named}
+    if "train" not in splits:
+        raise LayoutError(f"{description}: no row has split 'train'; training (and its statistics) need one")
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def duration_percentiles(seconds: Sequence[float]) -> Dict[str, float]:
+    """``{"min", "p5", "p50", "p95", "max"}`` of ``seconds`` (numpy percentiles, linear)."""
+    values = np.percentile(np.asarray(seconds, dtype=np.float64), list(DURATION_KEYS.values()), method="linear")
+    return {key: float(v) for key, v in zip(DURATION_KEYS, values)}
+
+
+def suggest_target_length(seconds: float) -> int:
+    """The smallest multiple of 16 fbank frames covering ``seconds`` at 16 kHz, in [16, 1024].
+
+    Frames are Kaldi's with snip_edges: ``1 + (samples - 400) // 160`` (1.0 s -> 98 frames -> 112).
+    """
+    frames = num_fbank_frames(int(round(seconds * SAMPLE_RATE)))
+    return min(MAX_TARGET_LENGTH, max(PATCH_FRAMES, -(-frames // PATCH_FRAMES) * PATCH_FRAMES))
+
+
+def fbank_norm_stats(
+    paths: Iterable[Path], target_length: int, show_progress: Optional[bool] = None
+) -> Tuple[float, float]:
+    """Mean and population std of the padded/cropped fbank over ``paths`` (see the module docstring)."""
+    paths = list(paths)
+    total = total_sq = 0.0
+    count = 0
+    for path in prepare.progress(paths, "fbank statistics", show_progress):
+        wave, sample_rate = read_audio(path)  # (S, C)
+        fbank = wave_to_fbank(to_mono_16k(wave, sample_rate, str(path)), str(path))  # (n_frames, 128)
+        fbank = pad_or_crop(fbank, target_length).double()  # (T, 128)
+        total += float(fbank.sum())
+        total_sq += float((fbank * fbank).sum())
+        count += fbank.numel()
+    if not count:
+        raise LayoutError("no training clips to compute the fbank statistics on")
+    mean = total / count
+    return mean, math.sqrt(max(total_sq / count - mean * mean, 0.0))
+
+
+def overrides(target_length: int, mean: float, std: float) -> str:
+    """The hydra overrides of the fine-tuning recipe for these statistics."""
+    return f"task.target_length={target_length} task.norm_mean={mean:.4f} task.norm_std={std:.4f}"
+
+
+def statistics(prepared: Prepared, show_progress: Optional[bool] = None) -> Dict:
+    """The summary.json keys that describe the audio: durations, target_length, norm_stats, overrides."""
+    durations = duration_percentiles(prepared.seconds)
+    target_length = suggest_target_length(durations["p95"])
+    train = prepared.splits["train"].clips
+    mean, std = fbank_norm_stats((prepared.root / c.relpath for c in train), target_length, show_progress)
+    return {
+        "duration_seconds": durations,
+        "target_length": target_length,
+        "norm_stats": {"mean": mean, "std": std, "split": "train", "clips": len(train), "target_length": target_length},
+        "overrides": overrides(target_length, mean, std),
+    }
