@@ -15,6 +15,10 @@ and reports, depending on the model (``single_label``, from its config):
 * single-label (ESC-50, Speech Commands): accuracy in % (``eat_plugin.metrics.accuracy``) of the argmax;
   ``--out`` gets the confusion matrix (rows: true class, columns: predicted class, with class names).
 
+Next to the ``--out`` table goes a picture with its name and ``.png`` (``--out results/confusion.tsv`` ->
+``results/confusion.png``; ``--no-plots``: none): the confusion matrix (counts written in the cells for up
+to 30 classes), or the per-class AP as bars, best first (the ``--plot-classes`` best classes).
+
 The front end is the training one with the checkpoint's normalisation and target length. Clips longer
 than the target length are cut into windows whose logits are averaged (fine-tuning validation crops
 them to the target length instead; clips of the usual lengths, e.g. 10 s at 1024 frames, are unaffected).
@@ -40,7 +44,7 @@ if __name__ == "__main__":  # keep the command line free of fairseq's import-tim
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
-from eat_plugin import cli  # noqa: E402
+from eat_plugin import cli, plots  # noqa: E402
 from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors, read_labels, read_manifest  # noqa: E402
 from eat_plugin.metrics import accuracy, mean_average_precision  # noqa: E402
 
@@ -60,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="class table 'index,id,display name' mapping the .lbl ids to the model's class "
                              "indices (default: DIR/label_descriptors.csv)")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE",
-                        help="write the per-class AP table / the confusion matrix here (tsv)")
+                        help="write the per-class AP table / the confusion matrix here (tsv), and its picture "
+                             "next to it with the suffix .png")
+    parser.add_argument("--no-plots", action="store_true", help="write the --out table without its .png picture")
+    parser.add_argument("--plot-classes", type=cli.positive_int, default=50, metavar="N",
+                        help="multi-label: the AP bar chart shows the N best classes (default: 50)")
     parser.add_argument("--json", default=None, metavar="FILE|-", help="write the metrics as JSON ('-': stdout)")
     return parser
 
@@ -97,10 +105,11 @@ def run(args: argparse.Namespace) -> int:
     console = sys.stderr if args.json == "-" else sys.stdout
     header = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
               "num_clips": len(items), "num_classes": len(descriptors)}
+    plot = None if args.out is None or args.no_plots else plot_path(args.out)
     if model.network.single_label:
-        metrics = single_label_report(scores, labels, descriptors, manifest.path, args.out, console)
+        metrics = single_label_report(scores, labels, descriptors, manifest.path, args.out, console, plot)
     else:
-        metrics = multi_label_report(scores, labels, descriptors, args.out, console)
+        metrics = multi_label_report(scores, labels, descriptors, args.out, console, plot, args.plot_classes)
     if args.json is not None:
         cli.write_json({**header, **metrics}, args.json)
     return 0
@@ -114,8 +123,14 @@ def warn_on_other_class_table(names: Optional[List[str]], descriptors: LabelDesc
               f"different classes", file=sys.stderr)
 
 
+def plot_path(out: Path) -> Path:
+    """The picture next to the ``--out`` table: ``results/confusion.tsv`` -> ``results/confusion.png``."""
+    return out.with_suffix(".png") if out.suffix.lower() != ".png" else out.with_name(f"{out.stem}_plot.png")
+
+
 def multi_label_report(scores: np.ndarray, labels: List[List[int]], descriptors: LabelDescriptors,
-                       out: Optional[Path], console: TextIO) -> Dict:
+                       out: Optional[Path], console: TextIO, plot: Optional[Path] = None,
+                       plot_classes: int = 50) -> Dict:
     targets = np.zeros_like(scores, dtype=bool)  # (N, C)
     for row, classes in enumerate(labels):
         targets[row, classes] = True
@@ -143,12 +158,15 @@ def multi_label_report(scores: np.ndarray, labels: List[List[int]], descriptors:
         print(f"{what}: " + ", ".join(f"{r['class']} {r['AP']:.3f}" for r in part), file=console)
     if out is not None:
         print(f"per-class AP: {out}", file=console)
+    if plot is not None:
+        fig = plots.average_precision_figure(result.per_class_ap, descriptors.names, plot_classes, result.mAP)
+        print(f"per-class AP chart: {plots.save_figure(fig, plot)}", file=console)
     return {"kind": "multi-label", "mAP": result.mAP, "classes_without_positives": result.num_skipped,
             "per_class": rows}
 
 
 def single_label_report(scores: np.ndarray, labels: List[List[int]], descriptors: LabelDescriptors,
-                        manifest_path: Path, out: Optional[Path], console: TextIO) -> Dict:
+                        manifest_path: Path, out: Optional[Path], console: TextIO, plot: Optional[Path] = None) -> Dict:
     several = [row for row, classes in enumerate(labels) if len(classes) != 1]
     if several:
         raise cli.CLIError(f"{manifest_path.with_suffix('.lbl')}: line {several[0] + 1} has {len(labels[several[0]])} "
@@ -173,6 +191,10 @@ def single_label_report(scores: np.ndarray, labels: List[List[int]], descriptors
                                             for n, t, p in pairs), file=console)
     if out is not None:
         print(f"confusion matrix: {out}", file=console)
+    if plot is not None:
+        fig = plots.confusion_matrix_figure(confusion, descriptors.names,
+                                            f"confusion matrix: accuracy {acc:.2f} % ({correct} of {len(true)} clips)")
+        print(f"confusion matrix picture: {plots.save_figure(fig, plot)}", file=console)
     return {"kind": "single-label", "accuracy": acc, "correct": correct, "classes": descriptors.names,
             "confusion_matrix": confusion.tolist()}
 

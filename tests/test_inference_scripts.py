@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from matplotlib.image import imread
 
 import eat_plugin
 from conftest import REPO, tone, write_wav
@@ -126,7 +127,19 @@ def api_scores(env, checkpoint):
     return scores, labels
 
 
-def test_evaluate_multi_label_map_is_the_metric_on_the_api_scores(env, tmp_path, capsys):
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures evaluate.py draws, by function name (the drawing functions wrapped)."""
+    drawn = {}
+    for name in ("confusion_matrix_figure", "average_precision_figure"):
+        def wrapper(*args, _draw=getattr(evaluate.plots, name), _name=name, **kwargs):
+            drawn[_name] = _draw(*args, **kwargs)
+            return drawn[_name]
+        monkeypatch.setattr(evaluate.plots, name, wrapper)
+    return drawn
+
+
+def test_evaluate_multi_label_map_is_the_metric_on_the_api_scores(env, tmp_path, capsys, figures):
     out, metrics = tmp_path / "ap.tsv", tmp_path / "metrics.json"
     argv = [str(env.multi), "--data", str(env.data), "--split", "eval", "--device", "cpu", "--batch-size", "3",
             "--out", str(out), "--json", str(metrics)]
@@ -141,7 +154,8 @@ def test_evaluate_multi_label_map_is_the_metric_on_the_api_scores(env, tmp_path,
     assert result["kind"] == "multi-label" and result["num_clips"] == len(env.split)
     assert result["mAP"] == pytest.approx(expected.mAP, abs=1e-6)
     assert result["classes_without_positives"] == expected.num_skipped == 0
-    assert f"mAP: {expected.mAP:.4f}" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert f"mAP: {expected.mAP:.4f}" in stdout and f"per-class AP chart: {tmp_path / 'ap.png'}" in stdout
 
     with open(out, newline="") as f:
         table = list(csv.DictReader(f, delimiter="\t"))
@@ -151,8 +165,17 @@ def test_evaluate_multi_label_map_is_the_metric_on_the_api_scores(env, tmp_path,
         assert float(r["AP"]) == pytest.approx(expected.per_class_ap[index], abs=1e-5)
         assert int(r["positives"]) == int(targets[:, index].sum()) and r["id"] == LABEL_IDS[index]
 
+    # the picture next to the table: one bar per class, best first, height = the table's AP
+    assert imread(tmp_path / "ap.png").ndim == 3
+    (ax,) = [a for a in figures["average_precision_figure"].axes]
+    np.testing.assert_allclose([bar.get_height() for bar in ax.patches], [float(r["AP"]) for r in table], atol=1e-5)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [r["class"] for r in table]
+    assert evaluate.main(argv + ["--plot-classes", "2"]) == 0  # the 2 best classes only
+    np.testing.assert_allclose([bar.get_height() for bar in figures["average_precision_figure"].axes[0].patches],
+                               [float(r["AP"]) for r in table[:2]], atol=1e-5)
 
-def test_evaluate_single_label_accuracy_and_confusion_matrix(env, tmp_path):
+
+def test_evaluate_single_label_accuracy_and_confusion_matrix(env, tmp_path, capsys, figures):
     data = tmp_path / "data"  # one label per clip
     data.mkdir()
     (data / "label_descriptors.csv").write_text((env.data / "label_descriptors.csv").read_text())
@@ -175,6 +198,19 @@ def test_evaluate_single_label_accuracy_and_confusion_matrix(env, tmp_path):
     assert matrix.tolist() == result["confusion_matrix"]
     assert matrix.sum() == len(true) and np.trace(matrix) == correct
     assert matrix.sum(axis=1).tolist() == np.bincount(true, minlength=NUM_CLASSES).tolist()  # rows: true class
+
+    # the picture next to the table: confusion.png, the same counts, class names on both axes
+    assert f"confusion matrix picture: {tmp_path / 'confusion.png'}" in capsys.readouterr().out
+    assert imread(tmp_path / "confusion.png").ndim == 3
+    ax = figures["confusion_matrix_figure"].axes[0]
+    image = np.asarray(ax.images[0].get_array())
+    assert image.tolist() == matrix.tolist() and image.sum() == len(env.split)
+    assert [t.get_text() for t in ax.get_yticklabels()] == LABEL_NAMES == [t.get_text() for t in ax.get_xticklabels()]
+    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(matrix[matrix > 0].tolist())  # counts written
+    (tmp_path / "confusion.png").unlink()
+    argv = [str(env.single), "--data", str(data), "--device", "cpu", "--out", str(out), "--no-plots"]
+    assert evaluate.main(argv) == 0
+    assert out.is_file() and not (tmp_path / "confusion.png").exists()
 
     (data / "eval.lbl").write_text((env.data / "eval.lbl").read_text())  # multi-label lines
     assert evaluate.main([str(env.single), "--data", str(data), "--device", "cpu"]) == 1
