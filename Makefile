@@ -20,17 +20,23 @@ $(STAMP): requirements.lock setup.py
 	touch $(STAMP)
 
 demo: venv
-	$(PY) scripts/make_demo_data.py --out $(DEMO_DIR)/ESC-50-demo --clips-per-class-per-fold 4
-	$(PY) scripts/prepare_esc50.py --esc50-root $(DEMO_DIR)/ESC-50-demo --out $(DEMO_DIR)/manifests
-	rm -rf $(DEMO_DIR)/pretrain $(DEMO_DIR)/finetune
-	$(TRAIN) --config-dir config/pretraining --config-name tiny $(USER_DIR) task.data=$(CURDIR)/$(DEMO_DIR)/manifests/fold1 \
-	  checkpoint.save_dir=$(CURDIR)/$(DEMO_DIR)/pretrain hydra.run.dir=$(CURDIR)/$(DEMO_DIR)/pretrain/hydra \
+	$(PY) scripts/make_demo_data.py --layout folders --out $(DEMO_DIR)/sounds --clips-per-class-per-fold 8
+	$(PY) scripts/prepare_custom.py --folders $(DEMO_DIR)/sounds --out $(DEMO_DIR)/data
+	rm -rf $(DEMO_DIR)/pretrain $(DEMO_DIR)/finetune $(DEMO_DIR)/eval
+	$(TRAIN) --config-dir config/pretraining --config-name tiny $(USER_DIR) task.data=$(CURDIR)/$(DEMO_DIR)/data \
+	  checkpoint.save_dir=$(CURDIR)/$(DEMO_DIR)/pretrain hydra.run.dir=$(CURDIR)/$(DEMO_DIR)/pretrain \
 	  criterion._name=eat_pretraining optimization.max_update=300
-	$(TRAIN) --config-dir config/finetuning --config-name tiny $(USER_DIR) task.data=$(CURDIR)/$(DEMO_DIR)/manifests/fold1 \
-	  model.model_path=$(CURDIR)/$(DEMO_DIR)/pretrain/checkpoint_last.pt model.num_classes=6 \
-	  checkpoint.save_dir=$(CURDIR)/$(DEMO_DIR)/finetune hydra.run.dir=$(CURDIR)/$(DEMO_DIR)/finetune/hydra
+	$(TRAIN) --config-dir config/finetuning --config-name custom_tiny $(USER_DIR) task.data=$(CURDIR)/$(DEMO_DIR)/data \
+	  model.model_path=$(CURDIR)/$(DEMO_DIR)/pretrain/checkpoint_last.pt \
+	  checkpoint.save_dir=$(CURDIR)/$(DEMO_DIR)/finetune hydra.run.dir=$(CURDIR)/$(DEMO_DIR)/finetune \
+	  $$(cat $(DEMO_DIR)/data/overrides.txt)
+	$(PY) scripts/evaluate.py $(DEMO_DIR)/finetune/checkpoint_best.pt --data $(DEMO_DIR)/data --split test \
+	  --out $(DEMO_DIR)/eval/confusion.tsv
+	$(PY) scripts/plot_training.py $(DEMO_DIR)/pretrain --out $(DEMO_DIR)/pretrain/plots
+	$(PY) scripts/plot_training.py $(DEMO_DIR)/finetune --out $(DEMO_DIR)/finetune/plots
 	@echo "demo: pre-trained $(DEMO_DIR)/pretrain/checkpoint_last.pt, fine-tuned $(DEMO_DIR)/finetune/checkpoint_best.pt"
-	@grep -h '"eval_accuracy"' $(DEMO_DIR)/finetune/hydra/hydra_train.log | tail -1 | sed 's/.*"eval_accuracy": "\([0-9.]*\)".*"eval_best_accuracy": "\([0-9.]*\)".*/demo: fold-1 accuracy \1 %, best \2 % (6 classes, chance 16.7 %)/'
+	@echo "demo: curves in $(DEMO_DIR)/pretrain/plots and $(DEMO_DIR)/finetune/plots, evaluation in $(DEMO_DIR)/eval"
+	@echo "demo: TensorBoard: .venv/bin/tensorboard --logdir $(DEMO_DIR)"
 
 test: venv
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)

@@ -20,12 +20,15 @@ Output, in the official manifest format (eat_plugin.data.manifest):
     OUT/label_descriptors.csv
     OUT/summary.json    clips per split and class, skipped files and why, warnings, multi_label, classes,
                         duration_seconds, target_length, norm_stats (fbank mean/std over train), overrides
+    OUT/overrides.txt   the recipe overrides on one line, for the shell:
+                        task.target_length=... task.norm_mean=... task.norm_std=...
 
 Example:
 
     python scripts/make_demo_data.py --layout folders --out demo/folders
     python scripts/prepare_custom.py --folders demo/folders --out data/custom
-    fairseq-hydra-train ... task.data=data/custom <the overrides printed last>
+    fairseq-hydra-train --config-dir config/finetuning --config-name custom ... \
+        task.data=$PWD/data/custom $(cat data/custom/overrides.txt)
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Optional, Sequence
 from eat_plugin.data import custom, prepare
 
 CSV_OPTIONS = ("audio_root", "path_column", "label_column", "split_column")
+OVERRIDES_FILE = "overrides.txt"  # the recipe overrides on one line, for $(cat ...) on a command line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     summary.update(custom.statistics(prepared))
     summary_path = prepare.write_summary(out, summary)
     prepare.write_dataset(out, prepared.root, prepared.splits, prepared.label_ids, prepared.label_names)
+    (out / OVERRIDES_FILE).write_text(summary["overrides"] + "\n", encoding="utf-8")
     durations, stats = summary["duration_seconds"], summary["norm_stats"]
     print("duration (s): " + ", ".join(f"{k} {v:.3f}" for k, v in durations.items()))
     print(
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out} ({', '.join(f'{s}.tsv/.lbl' for s in prepared.splits)}, label_descriptors.csv)")
     print(f"suggested overrides: task.data={out.resolve()} {summary['overrides']}")
-    print(f"summary: {summary_path}")
+    print(f"summary: {summary_path}, overrides: {out / OVERRIDES_FILE}")
     return 0
 
 

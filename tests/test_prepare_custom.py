@@ -321,6 +321,7 @@ def test_summary_statistics_equal_a_direct_computation(tmp_path):
     assert int(parsed["task.target_length"]) == summary["target_length"]
     assert abs(float(parsed["task.norm_mean"]) - stats["mean"]) <= 1e-4
     assert abs(float(parsed["task.norm_std"]) - stats["std"]) <= 1e-4
+    assert (out / "overrides.txt").read_text() == summary["overrides"] + "\n"  # for $(cat ...) in a shell
 
 
 @pytest.mark.parametrize(
