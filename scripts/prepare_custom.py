@@ -12,7 +12,8 @@ Input, either:
 Every clip is decoded once; unreadable, empty, silent (peak below one 16-bit step) and too short clips,
 missing and repeated CSV paths are skipped and listed with their reason. Without a split column the
 split is stratified by class (--seed, --valid-fraction, --test-fraction; a multi-label clip counts for
-its rarest label). Classes are the sorted label ids. The rules are in eat_plugin/data/custom.py.
+its rarest label). Classes are the sorted label ids. The rules are in eat_plugin/data/custom_inputs.py
+(listing, labels) and eat_plugin/data/custom.py (decoding, split, statistics).
 
 Output, in the official manifest format (eat_plugin.data.manifest):
 
@@ -38,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from eat_plugin.data import custom, prepare
+from eat_plugin.data import custom, custom_inputs, prepare
 
 CSV_OPTIONS = ("audio_root", "path_column", "label_column", "split_column")
 OVERRIDES_FILE = "overrides.txt"  # the recipe overrides on one line, for $(cat ...) on a command line
@@ -46,9 +47,9 @@ OVERRIDES_FILE = "overrides.txt"  # the recipe overrides on one line, for $(cat 
 
 def run(args: argparse.Namespace) -> int:
     if args.folders:
-        listing = custom.list_folders(Path(args.folders))
+        listing = custom_inputs.list_folders(Path(args.folders))
     else:
-        listing = custom.list_csv(
+        listing = custom_inputs.list_csv(
             Path(args.csv), args.audio_root, args.path_column, args.label_column, args.split_column, args.label_sep
         )
     prepared = custom.build(
@@ -103,14 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     csv_group = parser.add_argument_group("--csv options")
     csv_group.add_argument("--audio-root", metavar="DIR", help="folder relative paths start from (default: the CSV's)")
     csv_group.add_argument(
-        "--path-column", metavar="NAME", help=f"default: the first of {', '.join(custom.PATH_COLUMNS)} present"
+        "--path-column", metavar="NAME", help=f"default: the first of {', '.join(custom_inputs.PATH_COLUMNS)} present"
     )
     csv_group.add_argument(
-        "--label-column", metavar="NAME", help=f"default: the first of {', '.join(custom.LABEL_COLUMNS)} present"
+        "--label-column", metavar="NAME", help=f"default: the first of {', '.join(custom_inputs.LABEL_COLUMNS)} present"
     )
     csv_group.add_argument("--label-sep", default=";", metavar="SEP", help="separates labels in a cell (default: ';')")
     csv_group.add_argument(
-        "--split-column", metavar="NAME", help=f"default: '{custom.SPLIT_COLUMN}' if present, else a stratified split"
+        "--split-column",
+        metavar="NAME",
+        help=f"default: '{custom_inputs.SPLIT_COLUMN}' if present, else a stratified split",
     )
     split = parser.add_argument_group("stratified split (when no split column gives it)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
