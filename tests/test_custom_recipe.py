@@ -160,7 +160,7 @@ def test_model_without_a_class_count_says_who_fills_it():
 
 @pytest.mark.parametrize("name", CUSTOM_RECIPES)
 def test_custom_recipe_composes_with_the_readme_overrides(tmp_path, name):
-    overrides = [f"common.user_dir={tmp_path}", f"task.data={tmp_path}", f"checkpoint.save_dir={tmp_path}",
+    overrides = [f"task.data={tmp_path}", f"checkpoint.save_dir={tmp_path}",
                  f"model.model_path={tmp_path / 'pretrained.pt'}", *shlex.split(PREPARED_OVERRIDES)]
     cfg = OmegaConf.to_container(compose_recipe(name, overrides), resolve=True)
     assert (cfg["task"]["target_length"], cfg["model"]["target_length"]) == (208, 208)  # one override sets both
@@ -195,3 +195,26 @@ def test_custom_recipes_start_from_the_esc50_values():
     assert (tiny_esc50.optimization.max_update, tiny.optimization.max_update) == (300, 600)
     for cfg in (custom, tiny):
         assert cfg.task.esc50_eval is False and cfg.task.label_type == "auto" and cfg.task.min_sample_size == 0
+
+
+def test_custom_recipe_fine_tunes_an_official_pretrained_checkpoint_multi_label(tmp_path, golden_dir):
+    """A released-format pre-training checkpoint (the golden one) under the custom recipe, multi-label data."""
+    for split in ("train", "valid"):
+        make_data(tmp_path, [["dog", "rain"], ["rain"], ["siren"], ["dog", "bell"]], split=split)
+    write_summary(tmp_path, multi_label=True)
+    overrides = [f"task.data={tmp_path}", f"checkpoint.save_dir={tmp_path}",
+                 f"model.model_path={golden_dir / 'pretrain' / 'checkpoint_last.pt'}", "task.target_length=64",
+                 "task.norm_mean=-5.0", "task.norm_std=4.0"]
+    run = OmegaConf.create(OmegaConf.to_container(compose_recipe("custom_tiny", overrides), resolve=True,
+                                                  enum_to_str=True))  # as fairseq_cli/hydra_train.py does
+    task = setup_like_fairseq(run)
+    model = task.build_model(run.model)
+    assert run.checkpoint.best_checkpoint_metric == "mAP" and run.model.multi_label is True
+    assert model.head.out_features == 4 and not model.single_label
+
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    batch = dataset.collater([dataset[i] for i in range(len(dataset))])
+    out = model.eval()(**batch["net_input"])
+    assert set(out) >= {"losses", "_predictions", "_targets"}  # BCE and the inputs of the mAP metric
+    assert out["_targets"].sum() == 6 and out["_predictions"].shape == (4, 4)
