@@ -9,7 +9,8 @@ Input, either:
                       by --label-sep) and optionally a split column (train/valid/test; validation, val,
                       dev -> valid; eval -> test); relative paths are relative to --audio-root
 
-Every clip is decoded once; unreadable, empty, silent (peak below one 16-bit step) and too short clips,
+Every clip is decoded once to check it (training clips again for the fbank statistics, once the
+split and target_length are known); unreadable, empty, silent (peak below one 16-bit step) and too short clips,
 missing and repeated CSV paths are skipped and listed with their reason. Without a split column the
 split is stratified by class (--seed, --valid-fraction, --test-fraction; a multi-label clip counts for
 its rarest label). Classes are the sorted label ids. The rules are in eat_plugin/data/custom_inputs.py

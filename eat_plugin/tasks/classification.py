@@ -66,7 +66,7 @@ class MaeImageClassificationConfig(MaeImagePretrainingConfig):
 
 LABEL_TYPES = ("flags", "single", "multi", "auto")
 SUMMARY_FILE = "summary.json"
-AUTO = "auto"  # checkpoint.best_checkpoint_metric / model.num_classes placeholder resolved by the task
+AUTO = "auto"  # task.label_type and checkpoint.best_checkpoint_metric value resolved by the task
 
 
 def check_classification_config(cfg: MaeImageClassificationConfig) -> None:
