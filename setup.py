@@ -10,7 +10,7 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 RUNTIME = ("torch", "torchaudio", "ve-fairseq", "hydra-core", "omegaconf", "numpy", "soundfile", "h5py",
            "tensorboard", "matplotlib")
-TEST = ("pytest",)
+TEST = ("pytest", "hypothesis")
 
 
 def pinned(names):

@@ -5,10 +5,12 @@
     model.predict("dog.wav", top_k=5)          # [[("Dog", 0.93), ("Animal", 0.88), ...]]
     model.embed("dog.wav", granularity="utterance")  # (D,) tensor
 
-Inputs: a file path, a ``(waveform, sample_rate)`` pair, or a list of them (any rate, any channel
-count: the training front end down-mixes and resamples). Clips longer than the model's
-``target_length`` are cut into consecutive windows: logits are averaged over windows, frame features
-are concatenated (padding trimmed), the utterance embedding is the mean of the windows' CLS outputs.
+Inputs: a file path, a ``(waveform, sample_rate)`` pair, or a non-empty list of them (any rate, any
+channel count, float or integer PCM samples: the training front end down-mixes and resamples); bad
+input raises ``AudioError`` / ``ValueError`` naming the input (its path or ``input i``). Clips longer
+than the model's ``target_length`` are cut into consecutive windows: logits are averaged over windows,
+frame features are concatenated (padding trimmed), the utterance embedding is the mean of the
+windows' CLS outputs.
 """
 
 import csv
@@ -76,6 +78,8 @@ class EATModel:
 
     def __init__(self, network: nn.Module, front_end: FbankFrontEnd, label_names: Optional[List[str]],
                  device="cpu", batch_size: int = 16):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected a positive integer (windows per forward pass)")
         self.network = network.to(device).eval()
         self.front_end = front_end
         self.label_names = label_names
@@ -98,6 +102,8 @@ class EATModel:
             inputs = [inputs]
         elif isinstance(inputs, (np.ndarray, Tensor)):
             inputs = [(inputs, sample_rate)]
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            raise ValueError(f"expected a path, a (waveform, sample_rate) pair or a non-empty list of them, got {inputs!r:.80}")
         return [self._clip(item, sample_rate, i) for i, item in enumerate(inputs)]
 
     def _clip(self, item, sample_rate: Optional[int], index: int) -> Clip:
@@ -105,6 +111,8 @@ class EATModel:
             wave, rate = read_audio(item)  # (S, C)
             name = str(item)
         else:
+            if isinstance(item, tuple) and len(item) != 2:
+                raise ValueError(f"input {index}: a tuple of {len(item)} items; expected (waveform, sample_rate)")
             wave, rate = item if isinstance(item, tuple) else (item, sample_rate)
             if rate is None:
                 raise ValueError(f"input {index}: a raw waveform needs its sample rate: pass (wave, sample_rate)")
@@ -134,6 +142,8 @@ class EATModel:
 
     def predict(self, inputs, top_k: int = 5, sample_rate: Optional[int] = None) -> List[List[Tuple[str, float]]]:
         """Top-k ``(label, score)`` pairs per input, best first."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k={top_k!r}: expected a positive integer (labels per input)")
         scores = self.scores(inputs, sample_rate)  # (B, C)
         k = min(top_k, scores.size(1))
         values, indices = scores.topk(k, dim=-1)

@@ -156,26 +156,103 @@ def read_audio(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
     return wave, sample_rate
 
 
+# Integer PCM as soundfile reads it: (x - offset) / scale lies in [-1, 1). int64 and the wider unsigned
+# types are refused: no audio format stores them, so such an array is more likely a bug than PCM.
+_PCM = {np.dtype(np.int8): (0, 2**7), np.dtype(np.uint8): (2**7, 2**7), np.dtype(np.int16): (0, 2**15),
+        np.dtype(np.int32): (0, 2**31)}
+# More channels than samples, and more than this many channels: a (channels, samples) array or a batch.
+LAYOUT_CHANNELS = 64
+MAX_KERNEL_ELEMENTS = 1 << 20  # above this, resample() evaluates the torchaudio kernel only where it is non-zero
+
+
+def as_waveform(wave, source: str = "audio") -> torch.Tensor:
+    """Any array of samples -> float32 tensor ``(S,)`` or ``(S, C)``, integer PCM scaled to [-1, 1).
+
+    Raises:
+        AudioError: not an array of float or int8/uint8/int16/int32 samples, not 1-D / 2-D channels-last
+            (more than 64 channels and more channels than samples reads as channels first), no channels,
+            or NaN/Inf samples.
+    """
+    if isinstance(wave, torch.Tensor) and wave.is_floating_point():
+        wave = wave.detach().to("cpu", torch.float32)
+    else:
+        try:
+            array = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise AudioError(f"{source}: expected an array of audio samples, got {type(wave).__name__} ({err})") from None
+        if array.dtype.kind == "f":
+            array = array.astype(np.float32)
+        elif array.dtype in _PCM:
+            offset, scale = _PCM[array.dtype]
+            array = ((array.astype(np.float64) - offset) / scale).astype(np.float32)
+        else:
+            raise AudioError(f"{source}: expected float or int8/uint8/int16/int32 PCM samples, got dtype {array.dtype}")
+        wave = torch.from_numpy(array)
+    if wave.dim() not in (1, 2):
+        raise AudioError(f"{source}: expected audio of shape (samples,) or (samples, channels), got {tuple(wave.shape)}")
+    if wave.dim() == 2 and wave.size(1) == 0:
+        raise AudioError(f"{source}: expected (samples, channels) with at least one channel, got {tuple(wave.shape)}")
+    if wave.dim() == 2 and wave.size(1) > max(wave.size(0), LAYOUT_CHANNELS):
+        raise AudioError(
+            f"{source}: shape {tuple(wave.shape)} reads as {wave.size(1)} channels of {wave.size(0)} samples; "
+            f"expected channels last, (samples, channels) (transpose a (channels, samples) array)"
+        )
+    if not torch.isfinite(wave).all():
+        bad = int(wave.numel() - torch.isfinite(wave).sum())
+        raise AudioError(f"{source}: contains {bad} NaN/Inf samples; expected finite audio")
+    return wave
+
+
+def resample(wave: torch.Tensor, sample_rate: int, new_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """``torchaudio.functional.resample`` (Hann-windowed sinc, width 6, rolloff 0.99) of ``(S,)`` float32.
+
+    torchaudio builds a ``(new, orig + 2 * width)`` kernel for the reduced ratio ``orig : new``: a few
+    thousand values for the usual rates, gigabytes for a rate such as 22051 Hz (22051 : 16000). Past
+    ``MAX_KERNEL_ELEMENTS`` the same formula is evaluated only over each output sample's support.
+    """
+    if sample_rate == new_rate or wave.numel() == 0:
+        return wave
+    gcd = math.gcd(sample_rate, new_rate)
+    orig, new = sample_rate // gcd, new_rate // gcd
+    base = min(orig, new) * 0.99
+    width = math.ceil(6 * orig / base)
+    if new * (orig + 2 * width) <= MAX_KERNEL_ELEMENTS:
+        return torchaudio.functional.resample(wave, orig_freq=sample_rate, new_freq=new_rate)  # (S_new,)
+    num_out = -(-new * wave.numel() // orig)
+    padded = F.pad(wave, (width, width + 2))  # (S + 2 * width + 2,)
+    offsets = torch.arange(-width, width + 2)  # (K,): covers every input within `width` of an output
+    chunk = max(1, (1 << 20) // offsets.numel())  # output samples per step: about 4 MB per (M, K) temporary
+    out = []
+    for start in range(0, num_out, chunk):
+        position = torch.arange(start, min(start + chunk, num_out)) * orig  # (M,): output k at input k * orig / new
+        first, phase = position // new, position % new  # exact integers
+        # tap j reads input first + j: (j - phase / new) / orig seconds-times-base from the output sample
+        t = (offsets * (base / orig) - phase[:, None] * (base / (orig * new))).clamp_(-6.0, 6.0)  # (M, K) float32
+        kernel = torch.sinc(t) * torch.cos(t * (math.pi / 12)).square_()  # Hann-windowed sinc
+        out.append((padded[first[:, None] + (offsets + width)] * kernel).sum(1) * (base / orig))  # (M,)
+    return torch.cat(out)  # (S_new,)
+
+
 def to_mono_16k(wave: Union[np.ndarray, torch.Tensor], sample_rate: int, source: str = "audio") -> torch.Tensor:
     """Down-mix to mono, then resample to 16 kHz.
 
     Args:
-        wave: ``(S,)`` mono or ``(S, C)`` multichannel samples (soundfile's layout).
+        wave: ``(S,)`` mono or ``(S, C)`` multichannel samples (soundfile's layout), float or integer
+            PCM (int8 / uint8 / int16 / int32, scaled to [-1, 1) as soundfile reads them).
         sample_rate: rate of ``wave`` in Hz.
         source: name used in error messages (usually the file path).
 
     Returns:
-        float32 tensor ``(S16,)`` at 16 kHz.
+        float32 tensor ``(S16,)`` at 16 kHz, ``S16 = ceil(S * 16000 / sample_rate)``.
+
+    Raises:
+        AudioError: invalid sample rate, dtype or shape, or NaN/Inf samples (see ``as_waveform``).
     """
     sample_rate = check_sample_rate(sample_rate, source)
-    wave = torch.as_tensor(wave, dtype=torch.float32)
+    wave = as_waveform(wave, source)  # (S,) or (S, C)
     if wave.dim() == 2:  # (S, C): down-mix BEFORE resampling
         wave = wave[:, 0] if wave.size(1) == 1 else wave.mean(dim=1)  # (S,)
-    elif wave.dim() != 1:
-        raise AudioError(f"{source}: expected audio of shape (samples,) or (samples, channels), got {tuple(wave.shape)}")
-    if sample_rate != SAMPLE_RATE:
-        wave = torchaudio.functional.resample(wave, orig_freq=sample_rate, new_freq=SAMPLE_RATE)  # (S16,)
-    return wave
+    return resample(wave, sample_rate)  # (S16,)
 
 
 def wave_to_fbank(wave_16k: torch.Tensor, source: str = "audio") -> torch.Tensor:

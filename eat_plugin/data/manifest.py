@@ -58,10 +58,25 @@ class LabelDescriptors:
 
 
 def _read_lines(path: Path, what: str) -> List[str]:
+    """The file's lines: UTF-8 (a leading BOM dropped), LF, CRLF or CR line ends.
+
+    Only line ends split lines: a path may hold any other character (str.splitlines would also split at
+    form feeds, U+2028, ...).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+    data = path.read_bytes()
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # the BOM some Windows editors write
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+        raise ManifestError(
+            f"{path}: line {line}: byte 0x{data[err.start]:02x} is not valid UTF-8; expected a UTF-8 text {what} "
+            f"(re-save it as UTF-8)"
+        ) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def read_manifest(path: PathLike, check_root: bool = True) -> Manifest:
@@ -105,33 +120,46 @@ def read_label_descriptors(path: PathLike) -> LabelDescriptors:
     text = "\n".join(_read_lines(path, "label descriptors file"))
     by_index: Dict[int, Tuple[str, str]] = {}
     seen_ids: Dict[str, int] = {}
-    for lineno, fields in enumerate(csv.reader(io.StringIO(text)), start=1):
+    reader = csv.reader(io.StringIO(text))
+    next_line = 1  # a quoted name may span lines: a record starts on the line after the previous one ended
+    for fields in reader:
+        lineno, next_line = next_line, reader.line_num + 1
         if not fields or not any(f.strip() for f in fields):
             continue
         if lineno == 1 and fields[0].strip().lower() == "index":  # AudioSet's class_labels_indices.csv header
             continue
-        if len(fields) < 2:
-            raise ManifestError(f"{path}: line {lineno}: expected 'index,id,display name', got {fields!r}")
-        try:
-            index = int(fields[0])
-        except ValueError:
-            raise ManifestError(f"{path}: line {lineno}: index {fields[0]!r} is not an integer") from None
-        label_id = fields[1].strip()
-        name = fields[2].strip() if len(fields) > 2 else label_id
-        if index in by_index:
-            raise ManifestError(f"{path}: line {lineno}: duplicate class index {index}")
-        if label_id in seen_ids:
-            raise ManifestError(
-                f"{path}: line {lineno}: duplicate label id {label_id!r} (also class {seen_ids[label_id]})"
-            )
-        by_index[index] = (label_id, name)
-        seen_ids[label_id] = index
+        _add_descriptor(path, lineno, fields, by_index, seen_ids)
     if not by_index:
         raise ManifestError(f"{path}: no classes")
     if sorted(by_index) != list(range(len(by_index))):
         missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
         raise ManifestError(f"{path}: class indices must be 0..{len(by_index) - 1} without gaps; missing {missing[:10]}")
     return LabelDescriptors([by_index[i][0] for i in range(len(by_index))], [by_index[i][1] for i in range(len(by_index))])
+
+
+def _add_descriptor(path: Path, lineno: int, fields: List[str], by_index: Dict[int, Tuple[str, str]],
+                    seen_ids: Dict[str, int]) -> None:
+    if not 2 <= len(fields) <= 3:
+        raise ManifestError(
+            f"{path}: line {lineno}: expected 'index,id,display name' (quote a name that contains commas), "
+            f"got {len(fields)} fields: {fields!r}"
+        )
+    try:
+        index = int(fields[0])
+    except ValueError:
+        raise ManifestError(f"{path}: line {lineno}: index {fields[0]!r} is not an integer") from None
+    label_id = fields[1].strip()
+    name = fields[2].strip() if len(fields) > 2 else label_id
+    if index < 0:
+        raise ManifestError(f"{path}: line {lineno}: class index {index} is negative; expected 0..C-1")
+    if not label_id:
+        raise ManifestError(f"{path}: line {lineno}: class {index} has an empty label id")
+    if index in by_index:
+        raise ManifestError(f"{path}: line {lineno}: duplicate class index {index}")
+    if label_id in seen_ids:
+        raise ManifestError(f"{path}: line {lineno}: duplicate label id {label_id!r} (also class {seen_ids[label_id]})")
+    by_index[index] = (label_id, name)
+    seen_ids[label_id] = index
 
 
 def read_labels(path: PathLike, descriptors: LabelDescriptors, manifest: Optional[Manifest] = None) -> List[List[int]]:
@@ -141,25 +169,27 @@ def read_labels(path: PathLike, descriptors: LabelDescriptors, manifest: Optiona
     (its relative path, file name or stem) and that every label id is in ``descriptors``.
     """
     path = Path(path)
-    lines = [line for line in _read_lines(path, "label file") if line.strip()]
+    lines = [(n, line) for n, line in enumerate(_read_lines(path, "label file"), start=1) if line.strip()]
     if manifest is not None and len(lines) != len(manifest):
         raise ManifestError(
             f"{path}: has {len(lines)} label lines but manifest {manifest.path} has {len(manifest)} rows; "
             f"they must be aligned one to one"
         )
     labels = []
-    for lineno, line in enumerate(lines, start=1):
+    for row, (lineno, line) in enumerate(lines, start=1):
         fields = line.split("\t") if "\t" in line else line.split()
-        if len(fields) != 2 or not fields[1].strip():
+        if len(fields) != 2:
             raise ManifestError(
                 f"{path}: line {lineno}: expected 2 fields 'key<TAB>id1,id2,...', got {len(fields)}: {line!r}"
             )
         key, ids = fields[0].strip(), [i.strip() for i in fields[1].split(",") if i.strip()]
-        if manifest is not None and not _key_matches(key, manifest.rows[lineno - 1].relpath):
+        if manifest is not None and not _key_matches(key, manifest.rows[row - 1].relpath):
             raise ManifestError(
-                f"{path}: line {lineno}: key {key!r} does not name manifest row {lineno} "
-                f"({manifest.rows[lineno - 1].relpath!r}); .lbl lines must follow the manifest order"
+                f"{path}: line {lineno}: key {key!r} does not name manifest row {row} "
+                f"({manifest.rows[row - 1].relpath!r}); .lbl lines must follow the manifest order"
             )
+        if not ids:
+            raise ManifestError(f"{path}: line {lineno}: no label ids in {fields[1]!r}; expected 'id1,id2,...'")
         duplicated = sorted({i for i in ids if ids.count(i) > 1})
         if duplicated:
             raise ManifestError(f"{path}: line {lineno}: label id(s) {duplicated} listed more than once")
@@ -172,7 +202,8 @@ def read_labels(path: PathLike, descriptors: LabelDescriptors, manifest: Optiona
 
 def _key_matches(key: str, relpath: str) -> bool:
     name = os.path.basename(relpath)
-    return key in (relpath, name, os.path.splitext(name)[0], os.path.splitext(relpath)[0])
+    candidates = (relpath, name, os.path.splitext(name)[0], os.path.splitext(relpath)[0])
+    return key.strip() in {c.strip() for c in candidates}  # the reader strips keys; a path may end in a space
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,8 +220,8 @@ class Clip:
 
 
 def _check_field(value: str, what: str) -> str:
-    if not value or any(c in value for c in "\t\n\r"):
-        raise ManifestError(f"{what} {value!r} is empty or contains a tab/newline; it cannot be written to a manifest")
+    if not value.strip() or any(c in value for c in "\t\n\r"):  # a blank row would be skipped on reading
+        raise ManifestError(f"{what} {value!r} is blank or contains a tab/newline; it cannot be written to a manifest")
     return value
 
 
@@ -222,6 +253,8 @@ def write_label_descriptors(path: PathLike, ids: Sequence[str], names: Optional[
         raise ManifestError(f"{path}: duplicate label ids {sorted({i for i in ids if list(ids).count(i) > 1})}")
     rows = []
     for index, (label_id, name) in enumerate(zip(ids, names)):
+        if "," in str(label_id) or str(label_id).startswith('"'):
+            raise ManifestError(f"{path}: label id {label_id!r} contains ',' or starts with '\"'; it would not read back")
         quoted = '"' + str(name).replace('"', '""') + '"'  # the official files quote every display name
         rows.append(f"{index},{_check_field(label_id, 'label id')},{quoted}\n")
     _atomic_write(Path(path), "".join(rows))
