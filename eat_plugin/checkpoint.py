@@ -22,6 +22,8 @@ import numpy as np
 import omegaconf
 import torch
 
+from eat_plugin.checkpoint_cfg import from_official_layout
+
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint pickles objects outside the fairseq allow-list; it was not loaded."""
@@ -94,7 +96,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
             f"{path}: holds a {type(state).__name__}, not a checkpoint dict (expected the dict fairseq / torch.save "
             f"writes, with 'model' and 'cfg')"
         )
-    return state
+    return from_official_layout(state)  # plugin task fields back into cfg.task (eat_plugin.checkpoint_cfg)
 
 
 def _check_torch_file(path: Path) -> None:

@@ -50,6 +50,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from eat_plugin.checkpoint_cfg import to_official_layout
 from eat_plugin.checkpoint import load_checkpoint
 from eat_plugin.data.fbank import NUM_MEL_BINS, PATCH_FRAMES, check_target_length
 from eat_plugin.data.manifest import read_label_descriptors
@@ -269,11 +270,13 @@ def _hf_aliases(hf_state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
 
 
 def _checkpoint(cfg: Dict[str, Any], weights: Dict[str, Any], task_state: Dict[str, Any]) -> Dict[str, Any]:
-    """A checkpoint dict in the layout fairseq's trainer writes (no optimizer state, update 0)."""
-    return {"args": None, "cfg": cfg, "model": weights, "criterion": None,
-            "optimizer_history": [{"criterion_name": "ModelCriterion", "optimizer_name": "FairseqCompositeOptimizer",
-                                   "lr_scheduler_state": {}, "num_updates": 0}],
-            "task_state": task_state, "extra_state": {}}
+    """A checkpoint dict in the layout fairseq's trainer writes (no optimizer state, update 0), with the
+    official config layout (``checkpoint_cfg``: plugin task fields beside the task config)."""
+    return to_official_layout({
+        "args": None, "cfg": cfg, "model": weights, "criterion": None,
+        "optimizer_history": [{"criterion_name": "ModelCriterion", "optimizer_name": "FairseqCompositeOptimizer",
+                               "lr_scheduler_state": {}, "num_updates": 0}],
+        "task_state": task_state, "extra_state": {}})
 
 
 def _pretraining_checkpoint(student: Dict[str, Tensor], cfg: Dict[str, Any], seed: int) -> Dict[str, Any]:

@@ -57,9 +57,10 @@ rebuild_batches precompute_mask_config subsample seed dataset_type audio_mae h5_
 flexible_mask esc50_eval spcv2_eval AS2M_finetune spcv1_finetune roll_aug noise weights_file num_samples
 is_finetuning""".split()
 CLASSIFICATION_TASK_FIELDS = PRETRAIN_TASK_FIELDS + ["label_descriptors", "labels"]
-OUR_TASK_ADDITIONS = {"min_sample_size", "norm_mean", "norm_std"}  # documented eat_plugin additions
+OUR_TASK_ADDITIONS = {"min_sample_size", "norm_mean", "norm_std", "skip_bad_clips"}  # documented eat_plugin additions
 OUR_CLASSIFICATION_TASK_ADDITIONS = {"label_type"}
 OUR_CLASSIFIER_ADDITIONS = {"multi_label"}
+OUR_MODEL_ADDITIONS = {"cls_loss_scale"}
 
 
 # ------------------------------------------------------------------ official key names and shapes (§9.1 / §9.2)
@@ -354,11 +355,11 @@ def trainer_state(cfg, path):
     """Set up the task and model as fairseq_cli/train.py does; save in ``Trainer.state_dict()``'s layout."""
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
-    torch.save({"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    checkpoint_utils.torch_persistent_save({"args": None, "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 "model": model.state_dict(), "criterion": None,
                 "optimizer_history": [{"criterion_name": "ModelCriterion", "lr_scheduler_state": {},
                                        "optimizer_name": "FairseqCompositeOptimizer", "num_updates": 0}],
-                "task_state": task.state_dict(), "extra_state": {"previous_training_time": 0.0}}, path)
+                "task_state": task.state_dict(), "extra_state": {"previous_training_time": 0.0}}, str(path))
     return model
 
 
@@ -379,14 +380,16 @@ def test_our_finetuned_checkpoint_uses_only_official_names(tmp_path):
     assert set(state["model"]) == set(official_finetuned_keys(depth=2))
     cfg = state["cfg"]
     assert set(cfg["model"]) == set(CLASSIFIER_FIELDS) | OUR_CLASSIFIER_ADDITIONS | {"_name"}
-    assert set(cfg["task"]) == (set(CLASSIFICATION_TASK_FIELDS) | OUR_TASK_ADDITIONS | OUR_CLASSIFICATION_TASK_ADDITIONS
-                                | {"_name"})
+    # the official code's setup_task refuses unknown task keys: ours are stored beside the task section
+    assert set(cfg["task"]) == set(CLASSIFICATION_TASK_FIELDS) | {"_name"}
+    assert set(cfg["eat_plugin_task"]) == OUR_TASK_ADDITIONS | OUR_CLASSIFICATION_TASK_ADDITIONS
     pre = cfg["model"]["pretrained_model_args"]
-    assert set(pre["model"]) == set(MODEL_FIELDS) | {"_name"}
+    assert set(pre["model"]) == set(MODEL_FIELDS) | OUR_MODEL_ADDITIONS | {"_name"}  # unknown model keys are dropped
     assert set(pre["model"]["modalities"]) <= {"_name", "image"}
     assert set(pre["model"]["modalities"]["image"]) == set(IMAGE_FIELDS)
     assert set(pre["model"]["modalities"]["image"]["decoder"]) == set(DECODER_FIELDS)
-    assert set(pre["task"]) == set(PRETRAIN_TASK_FIELDS) | OUR_TASK_ADDITIONS | {"_name"}
+    assert set(pre["task"]) == set(PRETRAIN_TASK_FIELDS) | {"_name"}
+    assert set(pre["eat_plugin_task"]) == OUR_TASK_ADDITIONS
     assert (cfg["model"]["prediction_mode"], pre["model"]["supported_modality"],
             pre["model"]["modalities"]["image"]["type"]) == ("CLS_TOKEN", "IMAGE", "IMAGE")  # enums as names
     assert state["task_state"] == {"labels": {f"/m/c{i}": str(i) for i in range(5)}}

@@ -24,7 +24,7 @@ def save_pretrained(path, seed=0):
     torch.manual_seed(seed)
     model_cfg = tiny_config()
     model = Data2VecMultiModel(model_cfg)
-    cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True), "task": {"_name": "mae_image_pretraining"},
+    cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True), "task": {"_name": "mae_image_pretraining", "audio_mae": True},
                             "criterion": {"_name": "model"}, "lr_scheduler": {"_name": "pass_through"}})
     cfg.model._name = "data2vec_multi"
     torch.save({"cfg": OmegaConf.to_container(cfg, enum_to_str=True), "model": model.state_dict(),

@@ -63,7 +63,8 @@ def finetuned(tmp_path, pretrained):
         for param in (model.fc_norm.weight, model.fc_norm.bias, model.head.bias):
             param.normal_()
     model_cfg = {**OmegaConf.to_container(cfg, enum_to_str=True), "_name": "mae_image_classification"}
-    task = {"_name": "mae_image_classification", "data": "unused", "target_length": 128}
+    task = {"_name": "mae_image_classification", "data": "unused", "target_length": 128,
+            "audio_mae": True}
     return {"cfg": {"model": model_cfg, "task": task}, "model": model.state_dict()}, model
 
 

@@ -361,3 +361,23 @@ def test_collapse_check_names_the_floor():
         check_variances({"target_var": 0.05, "pred_var": 0.5}, 0.1, 0.01, 6000)
     with pytest.raises(TrainingCollapseError, match=r"pred_var=0.001 < model.min_pred_var=0.01"):
         check_variances({"target_var": 0.5, "pred_var": 0.001}, 0.1, 0.01, 6000)
+
+
+def test_checkpoints_of_another_kind_or_size_give_one_message():
+    from eat_plugin.models.state_check import CheckpointMismatchError
+
+    state = tiny_model().state_dict()
+    bigger = tiny_model(embed_dim=48, depth=3, average_top_k_layers=3, modalities={"image": {"embed_dim": 48}})
+    with pytest.raises(CheckpointMismatchError) as err:
+        bigger.load_state_dict(dict(state), strict=True)
+    message = str(err.value)
+    assert message.count("\n") == 0 and "a pre-training (data2vec_multi) checkpoint of another configuration" in message
+    assert "2 transformer blocks in the checkpoint, 3 in the model (depth)" in message
+    assert "checkpoint (32,), model (48,)" in message or "checkpoint (1, 512, 32), model (1, 512, 48)" in message
+    finetuned = {f"model.{k}": v for k, v in state.items() if k != "_ema"}
+    finetuned.update({"head.weight": torch.zeros(5, 32), "head.bias": torch.zeros(5)})
+    with pytest.raises(CheckpointMismatchError, match="this is a fine-tuned \\(mae_image_classification\\) checkpoint, "
+                                                      "but the model expects a pre-training"):
+        tiny_model().load_state_dict(finetuned, strict=True)
+    with pytest.raises(CheckpointMismatchError, match="not an EAT checkpoint"):
+        tiny_model().load_state_dict({"encoder.weight": torch.zeros(3)}, strict=True)

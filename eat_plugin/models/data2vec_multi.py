@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
@@ -26,14 +27,17 @@ from torch import Tensor, nn
 from eat_plugin.data.fbank import check_target_length
 from eat_plugin.losses import compute_var, dino_loss, normalized_pixels, regression_loss, teacher_targets
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
+from eat_plugin.models.state_check import check_state_matches
 from eat_plugin.modules.block import PostLNBlock
 from eat_plugin.modules.decoder import CNNDecoder
 from eat_plugin.modules.ema import EMATeacher, annealed_decay
 from eat_plugin.modules.encoder import MEL_BINS, AudioEncoder
 from eat_plugin.modules.masking import MaskInfo, compute_block_mask_2d, make_mask_info, num_visible_patches
+from eat_plugin.seeding import NOISE_STREAM, keyed_generator
 
 logger = logging.getLogger(__name__)
 
+PRETRAINING_KIND = "a pre-training (data2vec_multi) checkpoint"
 MODALITY = "IMAGE"  # the official (data2vec) name of the spectrogram encoder; kept for checkpoint keys
 
 
@@ -102,6 +106,8 @@ class Data2VecMultiModel(BaseFairseqModel):
         self.num_updates = 0
         self.modality_encoders = nn.ModuleDict({MODALITY: build_audio_encoder(cfg)})
         self.dropout_input = nn.Dropout(cfg.dropout_input)
+        # official: F.dropout on the student output before the mask tokens go in; the CLS loss sees it too
+        self.decoder_input_dropout = nn.Dropout(cfg.modalities.image.decoder.input_dropout)
         drop_path = np.linspace(cfg.start_drop_path_rate, cfg.end_drop_path_rate, cfg.depth)
         self.blocks = nn.ModuleList([make_block(cfg, float(p)) for p in drop_path])
         patch_pixels = cfg.modalities.image.patch_size**2  # official: Linear(D, D // 3) = 256 for D = 768
@@ -111,7 +117,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         self._init_weights()
         self.teacher: Optional[EMATeacher] = None
         if not (cfg.skip_ema or skip_ema):
-            self.teacher = EMATeacher(self._teacher_network(), cfg.ema_decay)
+            self.teacher = EMATeacher(self._teacher_network(), cfg.ema_decay, log_norms=cfg.log_norms)
 
     @classmethod
     def build_model(cls, cfg: Data2VecMultiConfig, task=None) -> "Data2VecMultiModel":
@@ -165,6 +171,13 @@ class Data2VecMultiModel(BaseFairseqModel):
             state_dict.pop(key, None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's load, after one clear check that the weights are this model's (kind and size)."""
+        if strict:
+            self.upgrade_state_dict(state_dict)
+            check_state_matches(self, state_dict, PRETRAINING_KIND)
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
 
     def upgrade_state_dict_named(self, state_dict, name):
         prefix = f"{name}." if name else ""
@@ -225,6 +238,9 @@ class Data2VecMultiModel(BaseFairseqModel):
 
         ``precomputed_mask``: ``(B * clone_batch, N)``, 1 = masked, row ``b * clone_batch + c`` = clone c
         of clip b (the dataset's masks); computed here when absent.
+        ``id``: the clips' dataset indices (the datasets' ``net_input["id"]``). With them the mask-token
+        noise of each clip is drawn from ``(seed, update, id)`` alone, so it does not depend on how a batch
+        is split over ranks; without them it comes from the global RNG (the official behaviour).
         """
         _check_mode_and_padding(mode, padding_mask)
         if features_only:
@@ -237,8 +253,8 @@ class Data2VecMultiModel(BaseFairseqModel):
         patches = encoder.embed(source)  # (B, N, D)
         info = self._mask_info(precomputed_mask, rows, patches.size(1), source.device)
         clip_of_row = torch.arange(batch, device=source.device).repeat_interleave(self.clone_batch)  # (R,)
-        student = self._encode_visible(patches, info, clip_of_row)  # (R, E + N_keep, D)
-        pred = self._decode(student, info)  # (R, N, D)
+        student = self.decoder_input_dropout(self._encode_visible(patches, info, clip_of_row))  # (R, E + N_keep, D)
+        pred = self._decode(student, info, id)  # (R, N, D)
         targets = self._teacher_targets(source)  # (B, N, D)
         return self._losses(source, student, pred, targets, info, clip_of_row)
 
@@ -260,18 +276,30 @@ class Data2VecMultiModel(BaseFairseqModel):
         x = self.dropout_input(self.modality_encoders[MODALITY].contextualize(visible))  # (R, E + N_keep, D)
         return run_blocks(self.blocks, x, self.cfg.layerdrop, self.training)[0]  # (R, E + N_keep, D)
 
-    def _decode(self, student: Tensor, info: MaskInfo) -> Tensor:
+    def _decode(self, student: Tensor, info: MaskInfo, clip_ids: Optional[Sequence[int]]) -> Tensor:
         """Visible outputs back in place, N(0, mask_noise_std) noise at masked patches, then the CNN decoder."""
         encoder = self.modality_encoders[MODALITY]
-        image = self.cfg.modalities.image
         visible = student[:, encoder.num_extra_tokens:]  # (R, N_keep, D)
         rows, dim = visible.size(0), visible.size(-1)
-        full = visible.new_zeros(rows, info.num_patches, dim)  # (R, N, D)
-        if image.mask_noise_std > 0:
-            full.normal_(0, image.mask_noise_std)
+        full = self._mask_token_noise(visible, rows, info.num_patches, clip_ids)  # (R, N, D)
         row_index = torch.arange(rows, device=visible.device).unsqueeze(1)  # (R, 1)
         full = full.index_put((row_index, info.ids_keep), visible)  # (R, N, D)
         return encoder.decoder(full)  # (R, N, D)
+
+    def _mask_token_noise(self, like: Tensor, rows: int, num_patches: int,
+                          clip_ids: Optional[Sequence[int]]) -> Tensor:
+        """``(R, N, D)`` N(0, mask_noise_std) noise; clip b's clones from its own ``(seed, update, id)`` stream."""
+        std = self.cfg.modalities.image.mask_noise_std
+        full = like.new_zeros(rows, num_patches, like.size(-1))  # (R, N, D)
+        if std <= 0:
+            return full
+        if clip_ids is None:
+            return full.normal_(0, std)
+        clones = full.view(len(clip_ids), self.clone_batch, num_patches, -1)  # (B, clones, N, D)
+        for clip, noise in zip(clip_ids, clones):
+            stream = keyed_generator(self.cfg.seed, self.num_updates, clip, NOISE_STREAM, device=like.device)
+            noise.normal_(0, std, generator=stream)
+        return full
 
     @torch.no_grad()
     def _teacher_targets(self, source: Tensor) -> Tensor:
@@ -293,7 +321,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         sample_size = pred_masked.size(0)
         losses: Dict[str, Tensor] = {}
         if cfg.cls_loss > 0:
-            losses["cls"] = self._utterance_loss(student, targets) * (cfg.cls_loss * sample_size)
+            losses["cls"] = self._utterance_loss(student, targets) * (cfg.cls_loss * self._cls_scale(sample_size))
         if cfg.recon_loss > 0:
             pixels = normalized_pixels(self.modality_encoders[MODALITY].patchify(source))  # (B, N, P)
             recon = self.recon_proj(pred_masked)  # (M, P)
@@ -310,7 +338,14 @@ class Data2VecMultiModel(BaseFairseqModel):
                 "pred_var": compute_var(pred_masked.float()),
                 "target_var": compute_var(target_masked),
                 "ema_decay": self.teacher.decay * 1000,
+                **self.teacher.logs,  # model_norm / ema_norm after the first EMA step (log_norms)
             }
+
+    def _cls_scale(self, sample_size: int) -> int:
+        """The CLS loss multiplier: the local masked-patch count (official), or it times the world size."""
+        if self.cfg.cls_loss_scale == "global_sample_size" and dist.is_available() and dist.is_initialized():
+            return sample_size * dist.get_world_size()
+        return sample_size
 
     def _gather_masked(self, pred: Tensor, targets: Tensor, info: MaskInfo, clip_of_row: Tensor) -> Tuple[Tensor, Tensor]:
         """Predictions and targets at the masked patches, in the official boolean-mask order (row, patch).

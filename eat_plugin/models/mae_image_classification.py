@@ -24,9 +24,13 @@ from eat_plugin.data.fbank import NUM_MEL_BINS, check_target_length
 from eat_plugin.losses import binary_cross_entropy, cross_entropy, label_vectors, soft_target_cross_entropy
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, config_from_dict
+from eat_plugin.models.state_check import check_state_matches
 from eat_plugin.modules.batch_augment import BatchMixup, spec_augment
 
 logger = logging.getLogger(__name__)
+
+FINETUNED_KIND = "a fine-tuned (mae_image_classification) checkpoint"
+
 
 class PredictionMode(Enum):
     MEAN_POOLING = auto()
@@ -72,8 +76,8 @@ class MaeImageClassificationConfig(FairseqDataclass):
     spcv2_eval: bool = False
     target_length: int = 1024
     specaug: bool = False
-    freqm: float = 25
-    timem: float = 200
+    freqm: int = 25
+    timem: int = 200
     mask_ratio: float = field(default=0.0, metadata={"help": "!= 0: freqm = 128 x ratio, timem = T x ratio"})
     # --- eat_plugin addition (not in the official config) ---
     multi_label: Optional[bool] = field(
@@ -133,6 +137,13 @@ class MaeImageClassificationModel(BaseFairseqModel):
         for param in [*(self.fc_norm.parameters() if self.fc_norm is not None else []), self.head.bias]:
             param.optim_overrides = no_weight_decay()
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's load, after one clear check that the weights are this model's (kind and size)."""
+        if strict:
+            self.upgrade_state_dict(state_dict)
+            check_state_matches(self, state_dict, FINETUNED_KIND)
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
+
     # ------------------------------------------------------------------ features
     def extract_features(self, source: Tensor, padding_mask: Optional[Tensor] = None, mask: bool = False,
                          remove_extra_tokens: bool = True) -> Dict:
@@ -152,10 +163,11 @@ class MaeImageClassificationModel(BaseFairseqModel):
         return _linear_softmax_pool(x)  # (B, D)
 
     # ------------------------------------------------------------------ step
-    def forward(self, imgs: Tensor, label: Optional[Tensor] = None):
+    def forward(self, imgs: Tensor, label: Optional[Tensor] = None, id: Optional[Tensor] = None):
         """Logits ``(B, C)`` without labels; with labels, the loss dict fairseq's criterion reads.
 
         ``label``: class indices ``(B,)`` or label vectors ``(B, C)`` (the datasets give multi-hot vectors).
+        ``id``: the clips' dataset indices ``(B,)`` (the datasets' ``net_input["id"]``).
         """
         labels = label
         if self.training and self.mixup is not None and labels is not None:

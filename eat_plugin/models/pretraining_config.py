@@ -17,6 +17,8 @@ import logging
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
+from eat_plugin.official_fields import PRETRAINING, check_refused
+
 logger = logging.getLogger(__name__)
 
 
@@ -150,58 +152,71 @@ class Data2VecMultiConfig(FairseqDataclass):
     center_exp: float = 0.9
     softmax_temperature_student: float = 0.1
     softmax_temperature_teacher: float = 0.05
+    # --- eat_plugin addition (not in the official config) ---
+    cls_loss_scale: str = field(
+        default="local_sample_size",
+        metadata={"help": "what the CLS loss is multiplied by: local_sample_size (official: this rank's masked patch "
+                          "count, so the term's weight falls as 1 / world size) or global_sample_size (local count x "
+                          "world size: the same model on any number of ranks; exact when every rank's batch has "
+                          "the same size)"},
+    )
 
 
-# (path, value accepted) for features of the official config that this implementation does not have.
-# Each entry lists the only value(s) we accept; anything else is refused at build time.
-UNSUPPORTED: List[Tuple[str, Tuple[Any, ...], str]] = [
-    ("layer_norm_first", (False,), "pre-LN blocks (EAT uses post-LN)"),
-    ("ema_encoder_only", (False,), "a teacher over the blocks only (EAT recipes set ema_encoder_only: false)"),
-    ("shared_decoder", (None,), "a decoder shared across modalities"),
-    ("decoder_group", (False,), "grouped decoders"),
-    ("modalities.image.type", (Modality.IMAGE,), "modalities other than the spectrogram ('IMAGE') encoder"),
-    ("modalities.image.in_chans", (1,), "multi-channel input: the input is a (B, 1, T, 128) fbank"),
-    ("modalities.image.patch_size", (16,), "patch sizes other than 16 (the 16x16 patch grid)"),
-    ("modalities.image.fixed_positions", (True,), "learned positions (EAT uses the fixed sin-cos table)"),
-    ("modalities.image.transformer_decoder", (False,), "the transformer decoder (EAT uses the CNN decoder)"),
-    ("modalities.image.enc_dec_transformer", (False,), "the encoder-decoder transformer"),
-    ("modalities.image.use_alibi_encoder", (False,), "ALiBi attention biases"),
-    ("modalities.image.learned_alibi", (False,), "learned ALiBi"),
-    ("modalities.image.learned_alibi_scale", (False,), "learned ALiBi scales"),
-    ("modalities.image.learned_alibi_scale_per_head", (False,), "learned ALiBi scales"),
-    ("modalities.image.learned_alibi_scale_per_layer", (False,), "learned ALiBi scales"),
-    ("modalities.image.mask_prob_min", (None,), "random mask ratios"),
-    ("modalities.image.keep_masked_pct", (0, 0.0), "keeping masked tokens in the encoder"),
-    ("modalities.image.add_masks", (False,), "add_masks"),
-    ("modalities.image.remove_masks", (False,), "remove_masks"),
-    ("modalities.image.mask_dropout", (0, 0.0), "mask dropout"),
-    ("modalities.image.mask_channel_prob", (0, 0.0), "channel masking"),
-    ("modalities.image.decoder.add_positions_masked", (False,), "re-adding positions in the decoder"),
-    ("modalities.image.decoder.add_positions_all", (False,), "re-adding positions in the decoder"),
-]
-
-
-def _get(cfg: Any, path: str) -> Any:
-    for part in path.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+CLS_LOSS_SCALES = ("local_sample_size", "global_sample_size")
 
 
 def check_supported(cfg: Data2VecMultiConfig) -> None:
-    """Raise ``ValueError`` naming every field set to a feature this implementation does not have."""
-    problems = []
-    for path, accepted, what in UNSUPPORTED:
-        value = _get(cfg, path)
-        value = Modality[value] if path.endswith(".type") and isinstance(value, str) else value
-        if value not in accepted:
-            problems.append(f"model.{path}={value!r} ({what}; accepted: {', '.join(map(repr, accepted))})")
-    image = cfg.modalities.image
-    if image.embed_dim != cfg.embed_dim:
-        problems.append(f"model.modalities.image.embed_dim={image.embed_dim} must equal model.embed_dim={cfg.embed_dim}")
-    if image.decoder is None:
-        problems.append("model.modalities.image.decoder is required for pre-training (the CNN decoder)")
+    """Raise ``ValueError`` naming every refused field (``official_fields``) and every value out of range."""
+    check_refused(PRETRAINING, cfg, "model")
+    problems = [f"model.{path}={value!r}: expected {expected}" for path, value, expected in _out_of_range(cfg)]
     if problems:
-        raise ValueError("unsupported model configuration:\n  " + "\n  ".join(problems))
+        raise ValueError("invalid model configuration:\n  " + "\n  ".join(problems))
+
+
+def _out_of_range(cfg: Data2VecMultiConfig) -> Iterator[Tuple[str, Any, str]]:
+    """``(field, value, what was expected)`` for each numeric option the model cannot be built with."""
+    image = cfg.modalities.image
+    if cfg.depth < 1:
+        yield "depth", cfg.depth, "at least 1 block"
+    if cfg.num_heads < 1 or cfg.embed_dim % cfg.num_heads:
+        yield "embed_dim", cfg.embed_dim, f"a multiple of model.num_heads={cfg.num_heads}"
+    if cfg.embed_dim % 4:
+        yield "embed_dim", cfg.embed_dim, "a multiple of 4 (the 2-D sin-cos position table)"
+    if image.embed_dim != cfg.embed_dim:
+        yield "modalities.image.embed_dim", image.embed_dim, f"model.embed_dim={cfg.embed_dim}"
+    if cfg.cls_loss_scale not in CLS_LOSS_SCALES:
+        yield "cls_loss_scale", cfg.cls_loss_scale, f"one of {list(CLS_LOSS_SCALES)}"
+    if not 1 <= cfg.average_top_k_layers <= cfg.depth:
+        yield "average_top_k_layers", cfg.average_top_k_layers, f"between 1 and model.depth={cfg.depth}"
+    if cfg.clone_batch < 1:
+        yield "clone_batch", cfg.clone_batch, "at least 1 masked view per clip"
+    if not 0 < image.mask_prob < 1:
+        yield "modalities.image.mask_prob", image.mask_prob, "a fraction strictly between 0 and 1"
+    if image.mask_length < 1:
+        yield "modalities.image.mask_length", image.mask_length, "a block side of at least 1 patch"
+    if image.mask_noise_std < 0:
+        yield "modalities.image.mask_noise_std", image.mask_noise_std, "a non-negative std"
+    if image.target_length > image.max_length * image.patch_size:
+        yield ("modalities.image.target_length", image.target_length,
+               f"at most max_length * 16 = {image.max_length * image.patch_size} frames (the positions table)")
+    for name in ("encoder_dropout", "post_mlp_drop", "attention_dropout", "activation_dropout", "dropout_input",
+                 "layerdrop", "start_drop_path_rate", "end_drop_path_rate"):
+        if not 0 <= getattr(cfg, name) < 1:
+            yield name, getattr(cfg, name), "a probability in [0, 1)"
+    for name in ("ema_decay", "ema_end_decay"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            yield name, getattr(cfg, name), "a decay in [0, 1]"
+    decoder = image.decoder
+    if decoder is None:
+        yield "modalities.image.decoder", None, "the CNN decoder's config (pre-training needs it)"
+        return
+    if decoder.decoder_groups < 1 or decoder.decoder_dim % decoder.decoder_groups or cfg.embed_dim % decoder.decoder_groups:
+        yield ("modalities.image.decoder.decoder_groups", decoder.decoder_groups,
+               f"a divisor of decoder_dim={decoder.decoder_dim} and model.embed_dim={cfg.embed_dim}")
+    if decoder.decoder_layers < 1 or decoder.decoder_kernel < 1:
+        yield "modalities.image.decoder.decoder_layers", decoder.decoder_layers, "at least 1 layer of kernel >= 1"
+    if not 0 <= decoder.input_dropout < 1:
+        yield "modalities.image.decoder.input_dropout", decoder.input_dropout, "a probability in [0, 1)"
 
 
 def iter_field_paths(cfg_cls: type, prefix: str = "") -> Iterator[str]:

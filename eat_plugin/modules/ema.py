@@ -28,11 +28,15 @@ class EMATeacher:
         model: a copy of the student's encoder whose ``state_dict()`` keys are the student's parameter
             names (``modality_encoders.IMAGE.*``, ``blocks.*``): these are the ``_ema`` keys.
         decay: initial EMA decay.
+        log_norms: after each step, ``logs`` holds the L2 norms of the student parameters folded in
+            (``model_norm``) and of the updated masters (``ema_norm``), as the official EMA module logs them.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, log_norms: bool = False):
         self.model = model.requires_grad_(False).eval()
         self.decay = decay
+        self.log_norms = log_norms
+        self.logs: Dict[str, Tensor] = {}
         self.fp32_params: Dict[str, Tensor] = {
             name: p.detach().float().clone() for name, p in self.model.named_parameters()
         }
@@ -52,6 +56,8 @@ class EMATeacher:
                 frozen.append((master, param))
         if masters:
             torch._foreach_lerp_(masters, updates, 1.0 - self.decay)  # m + (1-d)(p - m) = d·m + (1-d)·p
+            if self.log_norms:
+                self.logs = {"model_norm": _global_norm(updates), "ema_norm": _global_norm(masters)}
         for master, param in frozen:
             master.copy_(param.detach())
         self._copy_masters_to_model()
@@ -79,3 +85,8 @@ class EMATeacher:
         params = dict(self.model.named_parameters())
         targets = [params[name] for name in self.fp32_params]
         torch._foreach_copy_(targets, list(self.fp32_params.values()))
+
+
+def _global_norm(tensors) -> Tensor:
+    """L2 norm of all ``tensors`` together, a 0-d tensor (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
