@@ -8,6 +8,9 @@ only ``models/`` and ``tasks/`` of a user dir, so this module imports the criter
 from eat_plugin.checkpoint import allow_fairseq_checkpoint_classes
 
 allow_fairseq_checkpoint_classes()  # fairseq's own torch.load(weights_only=True) must accept its checkpoints
+from eat_plugin.checkpoint_safety import install as _install_checkpoint_safety  # noqa: E402
+
+_install_checkpoint_safety()  # atomic checkpoint writes, a clear error for a truncated one (idempotent)
 
 from eat_plugin import criterions, data, models, tasks  # noqa: E402,F401  (registers with fairseq)
 from eat_plugin.api import EATModel, load_model  # noqa: E402,F401
