@@ -1,6 +1,10 @@
-"""Shared test helpers: synthetic audio written with soundfile, the golden-data location."""
+"""Shared test helpers: synthetic audio written with soundfile, the golden-data location, tiny
+pre-training runs through the real ``fairseq-hydra-train``."""
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +13,7 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("EAT_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+HYDRA_TRAIN = Path(sys.executable).parent / "fairseq-hydra-train"
 
 
 def tone(freq_hz: float, seconds: float, sample_rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -29,6 +34,50 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int, subtype: str = "PC
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), wave, sample_rate, subtype=subtype)
     return path
+
+
+def make_pretraining_clips(out: Path, count: int, seconds: float = 1.4) -> Path:
+    """``count`` distinct clips (>= 128 frames each) and a ``train.tsv``."""
+    from eat_plugin.data.manifest import Clip, write_split
+
+    clips = []
+    for i in range(count):
+        write_wav(out / "audio" / f"{i}.wav", broadband(seconds, seed=i), 16000)
+        clips.append(Clip(f"{i}.wav", int(seconds * 16000)))
+    write_split(out, "train", out / "audio", clips, with_labels=False)
+    return out
+
+
+def pretraining_command(data: Path, save_dir: Path, *overrides: str) -> list:
+    """``fairseq-hydra-train`` on the tiny pre-training recipe (config/pretraining/tiny.yaml)."""
+    return [
+        str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "pretraining"), "--config-name", "tiny",
+        f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"checkpoint.save_dir={save_dir}",
+        f"hydra.run.dir={save_dir / 'hydra'}", *overrides,
+    ]
+
+
+def train_env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def pretrain(data: Path, save_dir: Path, *overrides: str) -> str:
+    """Run the tiny pre-training recipe to the end; its stdout + stderr."""
+    result = subprocess.run(pretraining_command(data, save_dir, *overrides), capture_output=True, text=True,
+                            timeout=600, env=train_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def logged_rows(log: str, tag: str = "[train_inner]") -> list:
+    """The JSON rows fairseq logged under ``tag`` (``common.log_format: json``)."""
+    return [json.loads(line[line.index("{"):]) for line in log.splitlines() if tag in line and "{" in line]
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture
@@ -55,6 +104,7 @@ def golden_data(tmp_path, golden_dir) -> Path:
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: multi-process or long end-to-end runs (part of the full suite)")
     # Third-party noise, not ours: torch.jit deprecation (fairseq import) and pin_memory on CPU.
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:FutureWarning")
     config.addinivalue_line("filterwarnings", "ignore:'pin_memory' argument is set as true:UserWarning")

@@ -65,7 +65,7 @@ def make_data(root: Path, labels: List[List[str]], split: str = "train", ids: Li
 
 
 def task_cfg(data: Path, **overrides):
-    values = dict(data=str(data), seed=1, target_length=64)
+    values = dict(data=str(data), seed=1, target_length=64, audio_mae=True, downsr_16hz=True)  # as the recipes
     values.update(overrides)
     return OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), values)
 
@@ -129,7 +129,7 @@ def test_multi_label_dataset(tmp_path):
     dataset = task.load_dataset("eval")
     assert not (dataset.shuffle or dataset.roll_aug) and dataset.front_end.stats == NORM_STATS["audioset"]
     batch = dataset.collater([dataset[i] for i in range(3)])
-    assert set(batch["net_input"]) == {"imgs", "label"}
+    assert set(batch["net_input"]) == {"imgs", "id", "label"}
     assert batch["net_input"]["imgs"].shape == (3, 1, 64, 128)
     expected = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1]])
     torch.testing.assert_close(batch["net_input"]["label"], expected, rtol=0, atol=0)
@@ -268,7 +268,7 @@ def test_map_over_the_whole_validation_set(tmp_path, caplog, criterion_name, log
     assert "accuracy" not in stats
     with caplog.at_level(logging.INFO, logger="eat_plugin.tasks.classification"):
         task.post_validate(None, stats, agg)
-    assert "mAP over 4 of 4 classes; 0 classes have no positives in the validation set" in caplog.text
+    assert "mAP over 18 clips and 4 of 4 classes; 0 classes have no positives in the validation set" in caplog.text
 
 
 def test_map_leaves_out_classes_without_positives(tmp_path, caplog):
@@ -281,7 +281,7 @@ def test_map_leaves_out_classes_without_positives(tmp_path, caplog):
     agg, logs = validate(task, criterion, StandInModel(task.num_classes, multi_label=True), batches)
     with caplog.at_level(logging.INFO, logger="eat_plugin.tasks.classification"):
         task.post_validate(None, agg.get_smoothed_values(), agg)
-    assert "mAP over 3 of 4 classes; 1 classes have no positives in the validation set" in caplog.text
+    assert "mAP over 18 clips and 3 of 4 classes; 1 classes have no positives in the validation set" in caplog.text
 
 
 @pytest.mark.parametrize("criterion_name, log_keys", [("eat_classification", None), ("model", ["correct"])])
@@ -320,19 +320,20 @@ def test_predictions_without_targets_name_the_log_keys(tmp_path):
     task = make_task(tmp_path)
     criterion = build_criterion(task, "model", ["_predictions"])
     model = StandInModel(task.num_classes, multi_label=True).eval()
-    _, _, log = criterion(model, next(fake_batches(task.num_classes, multi_label=True)))
-    with metrics.aggregate(new_root=True), pytest.raises(ValueError, match="carry _predictions but not _targets"):
-        task.reduce_metrics([log], criterion)
+    with pytest.raises(ValueError, match="carry _predictions but not _targets"):
+        task.valid_step(next(fake_batches(task.num_classes, multi_label=True)), model, criterion)
 
 
-def test_can_sum_is_false_for_multi_label_tasks(tmp_path):
+def test_logs_can_be_summed_unless_the_recipe_says_otherwise(tmp_path):
+    """Multi-label logs too: the task turns their per-clip tensors into per-rank slots (test_distributed.py
+    checks the union over 2 ranks against one process)."""
     make_data(tmp_path, [["dog"]])
     multi, single = make_task(tmp_path), make_task(tmp_path, spcv2_eval=True)
     cases = [
-        (build_criterion(multi, "eat_classification"), multi, False),
+        (build_criterion(multi, "eat_classification"), multi, True),
         (build_criterion(single, "eat_classification"), single, True),
         (single.build_criterion(OmegaConf.create({"_name": "eat_classification", "can_sum": False})), single, False),
-        (build_criterion(multi, "model", ["_predictions", "_targets"]), multi, True),  # official: set it yourself
+        (build_criterion(multi, "model", ["_predictions", "_targets"]), multi, True),
         (multi.build_criterion(OmegaConf.create({"_name": "model", "can_sum": False})), multi, False),
     ]
     for criterion, task, expected in cases:
@@ -404,7 +405,7 @@ def test_recipe_composes_like_fairseq_hydra_train(name):
     cfg = compose_recipe(name, overrides)
     assert cfg.model.prediction_mode.name == "CLS_TOKEN"
     assert cfg.task.label_descriptors == "label_descriptors.csv" and cfg.task.labels == "lbl"
-    assert cfg.criterion.can_sum is (name not in ("as2m", "as20k"))
+    assert cfg.criterion.can_sum is True  # multi-label logs too: the task sums per-rank slots
 
 
 def test_recipe_values():
@@ -423,7 +424,6 @@ def test_recipe_values():
         "mAP", 96, True, True, True, 0.8, 0.2, 527, 300000, 30000, 0.00005)
     assert OmegaConf.is_missing(as2m.task, "weights_file") and list(as2m.criterion.log_keys) == ["_predictions",
                                                                                                   "_targets"]
-    assert as2m.criterion.can_sum is False and as20k.criterion.can_sum is False
     # finetuning_AS20K.sh
     assert pick(as20k, "checkpoint.best_checkpoint_metric", "dataset.batch_size", "task.target_length",
                 "task.roll_aug", "optimization.max_update", warmup, "model.num_classes", "model.mixup",

@@ -41,7 +41,7 @@ def test_pretraining_batch(tmp_path):
     assert len(dataset) == 4 and dataset.size(0) == dataset.num_tokens(3) == 1
     batch = dataset.collater([dataset[i] for i in (2, 0)])
     assert batch["id"].tolist() == [2, 0]
-    assert list(batch["net_input"]) == ["source"]
+    assert list(batch["net_input"]) == ["source", "id"] and batch["net_input"]["id"] == [2, 0]
     assert batch["net_input"]["source"].shape == (2, 1, 64, 128)
     expected = FbankFrontEnd(64, "audioset").from_file(data / "audio" / "c2.wav")
     torch.testing.assert_close(batch["net_input"]["source"][0], expected, rtol=0, atol=0)
@@ -50,7 +50,7 @@ def test_pretraining_batch(tmp_path):
 def test_labelled_batch_is_multi_hot(tmp_path):
     dataset = labelled(make_data(tmp_path))
     batch = dataset.collater([dataset[i] for i in range(4)])
-    assert set(batch["net_input"]) == {"imgs", "label"}
+    assert set(batch["net_input"]) == {"imgs", "id", "label"}
     assert batch["net_input"]["imgs"].shape == (4, 1, 64, 128)
     assert batch["net_input"]["label"].tolist() == [[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]]
 

@@ -28,7 +28,7 @@ def test_pretraining_dataset_reproduces_official_items(golden_data, golden_dir):
     ref = torch.load(golden_dir / "fbank_ref.pt", map_location="cpu", weights_only=False)
     dataset = FbankDataset(golden_data / "all.tsv", target_length=128, norm="audioset")
     batch = dataset.collater([dataset[i] for i in range(len(dataset))])
-    assert set(batch["net_input"]) == {"source"}
+    assert set(batch["net_input"]) == {"source", "id"}
     assert batch["net_input"]["source"].shape == (13, 1, 128, 128)
     for i in range(len(dataset)):
         relpath = dataset.manifest.rows[i].relpath
@@ -43,7 +43,7 @@ def test_classification_batch_reproduces_official_batch(golden_data, golden_dir)
         target_length=128, norm="esc50",  # the golden fine-tuning run sets esc50_eval: true
     )
     batch = dataset.collater([dataset[i] for i in range(4)])
-    assert set(batch["net_input"]) == {"imgs", "label"}
+    assert set(batch["net_input"]) == {"imgs", "id", "label"}
     assert torch.equal(batch["id"], ref["ids"])
     assert torch.equal(batch["net_input"]["label"], ref["label"])
     torch.testing.assert_close(batch["net_input"]["imgs"], ref["imgs"], atol=7e-3, rtol=0)

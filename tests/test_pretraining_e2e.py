@@ -1,49 +1,14 @@
 """End to end: the tiny pre-training recipe under the real ``fairseq-hydra-train`` on generated audio."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, broadband, write_wav
-from eat_plugin.data.manifest import Clip, write_split
-
-HYDRA_TRAIN = Path(sys.executable).parent / "fairseq-hydra-train"
-
-
-def make_clips(out: Path, count: int, seconds: float = 1.4) -> Path:
-    """``count`` distinct clips (>= 128 frames each) and a ``train.tsv``."""
-    clips = []
-    for i in range(count):
-        write_wav(out / "audio" / f"{i}.wav", broadband(seconds, seed=i), 16000)
-        clips.append(Clip(f"{i}.wav", int(seconds * 16000)))
-    write_split(out, "train", out / "audio", clips, with_labels=False)
-    return out
-
-
-def train(data: Path, save_dir: Path, *overrides: str) -> str:
-    cmd = [
-        str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "pretraining"), "--config-name", "tiny",
-        f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"checkpoint.save_dir={save_dir}",
-        f"hydra.run.dir={save_dir / 'hydra'}", *overrides,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-def train_losses(log: str) -> list:
-    rows = [json.loads(line[line.index("{"):]) for line in log.splitlines() if "[train_inner]" in line]
-    return [float(row["loss"]) for row in rows]
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+from conftest import load_checkpoint_file as load
+from conftest import logged_rows
+from conftest import make_pretraining_clips as make_clips
+from conftest import pretrain as train
 
 
 def test_checkpoint_and_resume_are_exact(tmp_path):
@@ -72,7 +37,7 @@ def test_checkpoint_and_resume_are_exact(tmp_path):
 def test_loss_decreases_with_our_criterion(tmp_path):
     data = make_clips(tmp_path / "data", 8)
     log = train(data, tmp_path / "run", "optimization.max_update=50", "criterion._name=eat_pretraining")
-    losses = train_losses(log)
+    losses = [float(row["loss"]) for row in logged_rows(log)]
     assert len(losses) == 50
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 1.0, (first, last)

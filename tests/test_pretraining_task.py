@@ -53,7 +53,7 @@ def make_data(root: Path, seconds=SECONDS, split: str = "train") -> Path:
 
 def task_cfg(data: Path, **overrides):
     """A task config node with concrete values where the official config interpolates."""
-    values = dict(data=str(data), seed=1, key="source", target_length=64)
+    values = dict(data=str(data), seed=1, key="source", target_length=64, audio_mae=True, downsr_16hz=True)
     values.update(overrides)
     return OmegaConf.merge(OmegaConf.structured(MaeImagePretrainingConfig), values)
 
@@ -75,8 +75,9 @@ def test_official_fields_and_defaults():
     masks = OmegaConf.to_container(OmegaConf.structured(ImageMaskingConfig))
     assert masks == MASK_INTERPOLATIONS
     ours = set(fields) - set(OFFICIAL_DEFAULTS) - {"data", "seed", "_name"}
-    assert ours == {"min_sample_size", "norm_mean", "norm_std"}
-    assert [fields[n].default for n in ("min_sample_size", "norm_mean", "norm_std")] == [10000, None, None]
+    assert ours == {"min_sample_size", "norm_mean", "norm_std", "skip_bad_clips"}
+    assert [fields[n].default for n in ("min_sample_size", "norm_mean", "norm_std", "skip_bad_clips")] == [
+        10000, None, None, False]
 
 
 def test_every_official_field_is_accepted(tmp_path):
@@ -101,7 +102,7 @@ def test_mask_config_interpolates_from_the_model_and_registers_with_fairseq(tmp_
     })
     root.task = OmegaConf.merge(OmegaConf.structured(MaeImagePretrainingConfig),
                                 {"_name": "mae_image_pretraining", "data": str(data), "target_length": 64,
-                                 "precompute_mask_config": {}})
+                                 "precompute_mask_config": {}, "audio_mae": True})
     task = fairseq_tasks.setup_task(root.task)
     assert isinstance(task, MaeImagePretrainingTask)
     dataset = task.load_dataset("train")
@@ -212,7 +213,7 @@ def test_masks_collate_in_clip_order(tmp_path):
     dataset = make_task(data, precompute_mask_config=MASK).load_dataset("train")
     items = [dataset[i] for i in (2, 0)]
     batch = dataset.collater(items)
-    assert set(batch["net_input"]) == {"source", "precomputed_mask"}
+    assert set(batch["net_input"]) == {"source", "id", "precomputed_mask"}
     assert batch["net_input"]["source"].shape == (2, 1, 64, 128)
     mask = batch["net_input"]["precomputed_mask"]
     assert mask.shape == (2 * 3, 4 * 8)

@@ -6,9 +6,10 @@ that keeps working with the ``mae_image_classification`` task. This criterion lo
 ``_predictions`` and ``_targets`` whenever the model returns them (on top of any ``log_keys`` given),
 so no ``log_keys`` are needed.
 
-``logging_outputs_can_be_summed()`` is false for a multi-label task: its validation logs carry
-per-clip tensors that must be gathered, not summed, across workers (fairseq's trainer asks the
-criterion instance, through ``task.logging_outputs_can_be_summed(criterion)``).
+The multi-label validation logs carry per-clip tensors; the ``mae_image_classification`` task turns
+them into per-rank slots that fairseq's sum over ranks assembles (``predictions_to_slots``), so the
+logs can always be summed (fairseq's other path, pickling them through ``all_gather_list``, needs a
+GPU and a 16 KB budget per step).
 """
 
 from dataclasses import dataclass, field
@@ -34,8 +35,4 @@ class EATClassificationCriterion(ModelCriterion):
         log_keys = list(dict.fromkeys([*(log_keys or []), *CLASSIFICATION_LOG_KEYS]))
         super().__init__(task, loss_weights or {}, log_keys, can_sum)
         self.multi_label = bool(getattr(task, "multi_label", False))
-
-    def logging_outputs_can_be_summed(self) -> bool:
-        """False for multi-label tasks (per-clip tensors in the logs) or with ``can_sum: false``."""
-        return self.can_sum and not self.multi_label
 

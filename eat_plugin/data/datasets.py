@@ -1,8 +1,8 @@
 """fairseq datasets over the official manifests: unlabelled (pre-training) and labelled (fine-tuning).
 
 Batch layout (the official keys; released checkpoints' configs refer to them):
-    pre-training   {"id": (B,), "net_input": {"source": (B, 1, T, 128), "precomputed_mask": (B * clones, N)}}
-    fine-tuning    {"id": (B,), "net_input": {"imgs": (B, 1, T, 128), "label": (B, C)}}
+    pre-training   {"id": (B,), "net_input": {"source": (B, 1, T, 128), "id": [B ints], "precomputed_mask": (B * clones, N)}}
+    fine-tuning    {"id": (B,), "net_input": {"imgs": (B, 1, T, 128), "id": [B ints], "label": (B, C)}}
 
 ``precomputed_mask`` is present only with a ``BlockMaskSpec`` (``task.precompute_mask_config``); row
 ``b * clones + c`` is clone ``c`` of clip ``b`` (the model's ``repeat_interleave`` order), 1 = masked,
@@ -35,12 +35,12 @@ from eat_plugin.data.fbank import (
 from eat_plugin.data.hdf5 import read_h5_audio, split_h5_path
 from eat_plugin.data.manifest import LabelDescriptors, ManifestError, read_labels, read_manifest
 from eat_plugin.modules.masking import compute_block_mask_2d
+from eat_plugin.seeding import MASK_STREAM, keyed_generator
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 MAX_LOGGED_SKIPS = 20
-MASK_STREAM = 0x6D61736B  # "mask": keeps the mask RNG stream apart from the augmentation stream
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,35 @@ class BlockMaskSpec:
         )  # (clone_batch, N)
 
 
+class BadClips:
+    """Which clips of a dataset were skipped as undecodable, visible from every DataLoader worker.
+
+    In shared memory (like the epoch): a flag per clip and a counter per process, so workers mark the
+    clips they skip without racing and the training process reads the count cheaply (every step). A
+    clip read twice (fairseq also builds each epoch's first batch outside the DataLoader) or skipped
+    again in a later epoch counts once.
+    """
+
+    SLOTS = 256  # counter 0: the main process; 1 + worker id (mod 255): DataLoader workers
+
+    def __init__(self, num_clips: int):
+        self.flags = torch.zeros(num_clips, dtype=torch.bool).share_memory_()  # (N,)
+        self.counts = torch.zeros(self.SLOTS, dtype=torch.long).share_memory_()  # (SLOTS,)
+
+    def mark(self, index: int) -> None:
+        if bool(self.flags[index]):
+            return
+        self.flags[index] = True
+        worker = torch.utils.data.get_worker_info()
+        self.counts[0 if worker is None else 1 + worker.id % (self.SLOTS - 1)] += 1
+
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+    def indices(self) -> List[int]:
+        return torch.nonzero(self.flags).flatten().tolist()
+
+
 class FbankDataset(FairseqDataset):
     """Manifest rows -> normalised fbank clips.
 
@@ -105,6 +134,12 @@ class FbankDataset(FairseqDataset):
         seed: seeds shuffling, weighted draws, augmentation and masks (with the epoch and clip index).
         mask_spec: add ``precomputed_mask`` ``(clone_batch, N)`` to each item (see ``BlockMaskSpec``).
         h5_format: manifest paths are ``<file.h5>/<key>`` HDF5 datasets at 32 kHz (``eat_plugin.data.hdf5``).
+        skip_bad_clips: a clip that cannot be decoded when it is read (removed, truncated or corrupted after
+            the manifest was written) is dropped from its batch with a warning naming it, instead of raising
+            (``task.skip_bad_clips``). Never zero-filled; ``num_bad_clips`` counts them (see ``BadClips``).
+        resample: resample every clip to 16 kHz (``task.downsr_16hz: true``, what every EAT recipe sets).
+            False reads clips at their own rate, as the official code does, so only 16 kHz clips are
+            accepted: the fbank is a 16 kHz one, and the official code's fbank of other rates is wrong.
 
     Items depend only on ``(seed, epoch, index)``, never on the worker that loads them: the epoch lives in
     shared memory, so fairseq's persistent DataLoader workers see ``set_epoch`` too.
@@ -125,6 +160,8 @@ class FbankDataset(FairseqDataset):
         seed: int = 1,
         mask_spec: Optional[BlockMaskSpec] = None,
         h5_format: bool = False,
+        skip_bad_clips: bool = False,
+        resample: bool = True,
     ):
         super().__init__()
         self.front_end = FbankFrontEnd(target_length, norm)
@@ -136,10 +173,12 @@ class FbankDataset(FairseqDataset):
         self.seed = seed
         self.mask_spec = mask_spec
         self.h5_format = h5_format
+        self.resample = resample
         self._epoch = torch.ones(1, dtype=torch.long).share_memory_()  # (1,), shared with DataLoader workers
         self.kept = self._drop_short_rows(min_sample_size)  # manifest row index of each dataset item
         self.weights = self._load_weights(weights_file) if weights_file else None  # (N,) float64
         self.num_samples = self._check_num_samples(num_samples) if self.weights is not None else None
+        self.bad_clips = BadClips(len(self)) if skip_bad_clips else None
 
     # ------------------------------------------------------------------ construction helpers
     def _drop_short_rows(self, min_sample_size: int) -> List[int]:
@@ -218,6 +257,10 @@ class FbankDataset(FairseqDataset):
                     f"{path}: has {wave.shape[0]} samples but the manifest lists {row.num_samples}; "
                     f"the file changed or was truncated since the manifest was written"
                 )
+            if not self.resample and sample_rate != 16000:
+                raise AudioError(
+                    f"{path}: {sample_rate} Hz, but task.downsr_16hz=false reads clips at their own rate and the "
+                    f"fbank expects 16 kHz; set task.downsr_16hz=true (every EAT recipe does) or resample the data")
             wave_16k = to_mono_16k(wave, sample_rate, path)  # (S16,)
             rng = self._rng(index) if (self.roll_aug or self.noise) else None
             if self.roll_aug:
@@ -231,28 +274,58 @@ class FbankDataset(FairseqDataset):
 
     def mask_generator(self, index: int) -> torch.Generator:
         """The mask RNG of clip ``index`` this epoch: seeded from ``(seed, epoch, index)`` only."""
-        state = np.random.SeedSequence([self.seed, self.epoch, index, MASK_STREAM]).generate_state(1, np.uint64)
-        return torch.Generator().manual_seed(int(state[0]))
+        return keyed_generator(self.seed, self.epoch, index, MASK_STREAM)
 
     def precomputed_mask(self, index: int) -> torch.Tensor:
         """``(clone_batch, N)`` float masks of clip ``index`` (1 = masked); needs ``mask_spec``."""
         return self.mask_spec.sample(self.front_end.target_length, self.mask_generator(index))  # (clone_batch, N)
 
-    def __getitem__(self, index: int) -> Dict:
-        item = {"id": index, self.key: self.load_fbank(index)}
+    @property
+    def skip_bad_clips(self) -> bool:
+        return self.bad_clips is not None
+
+    @property
+    def num_bad_clips(self) -> int:
+        """Distinct clips skipped so far as undecodable (0 without ``skip_bad_clips``), in every process."""
+        return self.bad_clips.count() if self.bad_clips is not None else 0
+
+    def load_or_skip(self, index: int) -> Optional[torch.Tensor]:
+        """``load_fbank(index)``; with ``skip_bad_clips``, None (and a warning naming the clip) if it fails."""
+        try:
+            return self.load_fbank(index)
+        except AudioError as err:
+            if self.bad_clips is None:
+                err.args = (f"{err} (to skip such clips instead: ++task.skip_bad_clips=true)",)
+                raise
+            self.bad_clips.mark(index)
+            logger.warning(
+                f"skipped a clip that cannot be decoded (task.skip_bad_clips=true; bad clips so far in "
+                f"{self.manifest.path}: {self.num_bad_clips}): {err}"
+            )
+            return None
+
+    def __getitem__(self, index: int) -> Optional[Dict]:
+        fbank = self.load_or_skip(index)  # (1, T, 128), or None: a skipped bad clip
+        if fbank is None:
+            return None
+        item = {"id": index, self.key: fbank}
         if self.mask_spec is not None:
             item["precomputed_mask"] = self.precomputed_mask(index)  # (clone_batch, N)
         return item
 
-    def collater(self, samples: Sequence[Dict]) -> Dict:
+    def collater(self, samples: Sequence[Optional[Dict]]) -> Dict:
+        samples = [s for s in samples if s is not None]  # skipped bad clips (skip_bad_clips) are None
         if not samples:
-            return {}
-        net_input = {self.key: torch.stack([s[self.key] for s in samples])}  # (B, 1, T, 128)
+            return {}  # fairseq's trainer runs its dummy batch with the loss multiplied by 0 instead
+        ids = [s["id"] for s in samples]
+        # the clip ids travel in net_input too, as a list (it stays on the host: no device sync to read it):
+        # the models key their random draws on (seed, update, clip id)
+        net_input = {self.key: torch.stack([s[self.key] for s in samples]), "id": ids}  # (B, 1, T, 128)
         if self.mask_spec is not None:
             # row b * clone_batch + c = clone c of clip b (the model's repeat_interleave order)
             masks = [s["precomputed_mask"] for s in samples]
             net_input["precomputed_mask"] = torch.cat(masks)  # (B * clone_batch, N)
-        return {"id": torch.LongTensor([s["id"] for s in samples]), "net_input": net_input}  # id: (B,)
+        return {"id": torch.LongTensor(ids), "net_input": net_input}  # id: (B,)
 
     # ------------------------------------------------------------------ fairseq batching
     def num_tokens(self, index: int) -> int:
@@ -318,10 +391,14 @@ class LabelledFbankDataset(FbankDataset):
         target[self.labels[index]] = 1.0
         return target
 
-    def __getitem__(self, index: int) -> Dict:
-        return {"id": index, self.key: self.load_fbank(index), "label": self.label_vector(index)}
+    def __getitem__(self, index: int) -> Optional[Dict]:
+        fbank = self.load_or_skip(index)  # (1, T, 128), or None: a skipped bad clip
+        if fbank is None:
+            return None
+        return {"id": index, self.key: fbank, "label": self.label_vector(index)}
 
-    def collater(self, samples: Sequence[Dict]) -> Dict:
+    def collater(self, samples: Sequence[Optional[Dict]]) -> Dict:
+        samples = [s for s in samples if s is not None]
         batch = super().collater(samples)
         if batch:
             batch["net_input"]["label"] = torch.stack([s["label"] for s in samples])  # (B, C)

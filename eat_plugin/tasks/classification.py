@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from fairseq import utils
+from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 from fairseq.logging.meters import MetersDict
 from fairseq.tasks import register_task
@@ -48,6 +49,7 @@ from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig, MaeImagePret
 logger = logging.getLogger(__name__)
 
 PREDICTION_KEYS = ("_predictions", "_targets")  # (B, C) tensors logged by the multi-label model in eval mode
+SLOT_MASK = "_filled_slots"  # (W * B_max,) 1 where a slot holds a clip (see predictions_to_slots)
 
 
 @dataclass
@@ -242,22 +244,28 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
             cfg.multi_label = self.multi_label
 
     # ------------------------------------------------------------------ metrics
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        return loss, sample_size, predictions_to_slots(logging_output, self.num_classes)
+
     def reduce_metrics(self, logging_outputs: List[Dict[str, Any]], criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)
-        if any(PREDICTION_KEYS[0] in log for log in logging_outputs):
+        if any(SLOT_MASK in log for log in logging_outputs):
             log_predictions(logging_outputs, self.num_classes)
         elif any("correct" in log for log in logging_outputs):
             log_accuracy(logging_outputs)
 
     def post_validate(self, model, stats: Dict[str, Any], agg: MetersDict) -> None:
-        """After a validation pass: say over how many classes the ``mAP`` was averaged."""
+        """After a validation pass: say over how many clips (all ranks) and classes the metric was computed."""
+        if "_total" in agg:
+            logger.info(f"accuracy over {int(agg['_total'].sum)} clips")
         if PREDICTION_KEYS[0] not in agg or agg[PREDICTION_KEYS[0]].tensor is None:
             return
         result = map_of_meters(agg)
         c = len(result.per_class_ap)
         logger.info(
-            f"mAP over {c - result.num_skipped} of {c} classes; {result.num_skipped} classes have no positives "
-            f"in the validation set"
+            f"mAP over {agg[PREDICTION_KEYS[0]].tensor.size(0)} clips and {c - result.num_skipped} of {c} classes; "
+            f"{result.num_skipped} classes have no positives in the validation set"
         )
 
 
@@ -278,16 +286,47 @@ def _rows(value: Any, num_classes: int) -> torch.Tensor:
     return tensor if tensor.dim() == 2 else tensor.reshape(-1, num_classes)
 
 
-def log_predictions(logging_outputs: Sequence[Dict[str, Any]], num_classes: int) -> None:
-    """Concatenate ``_predictions`` / ``_targets`` over batches and derive ``mAP`` from the whole set."""
+def predictions_to_slots(logging_output: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
+    """A validation batch's ``(B, C)`` ``_predictions`` / ``_targets`` as ``(W * B_max, C)`` slot tensors.
+
+    fairseq sums logging outputs over the ranks (and zeroes a rank's filler batch when the validation
+    set does not divide evenly). Each rank writes its clips into its own block of slots, rows
+    ``rank * B_max ...``, zeros elsewhere, and marks them in ``_filled_slots``; after the sum every rank
+    holds every rank's clips of the step exactly once, so mAP is computed over the union of the ranks'
+    predictions. ``B_max`` is the largest batch of the step over the ranks (one small all-reduce).
+    """
+    if PREDICTION_KEYS[0] not in logging_output:
+        return logging_output
     for key in PREDICTION_KEYS:
-        parts = [_rows(log[key], num_classes) for log in logging_outputs if key in log]
-        if len(parts) != sum(PREDICTION_KEYS[0] in log for log in logging_outputs):
-            raise ValueError(
-                f"logging outputs carry {PREDICTION_KEYS[0]} but not {key}: list both {list(PREDICTION_KEYS)} "
-                f"in criterion.log_keys"
-            )
-        metrics.log_concat_tensor(key, torch.cat(parts))  # (sum B, C)
+        if key not in logging_output:
+            raise ValueError(f"logging outputs carry {PREDICTION_KEYS[0]} but not {key}: list both "
+                             f"{list(PREDICTION_KEYS)} in criterion.log_keys")
+    logging_output = dict(logging_output)
+    predictions, targets = (_rows(logging_output.pop(key), num_classes) for key in PREDICTION_KEYS)  # (B, C)
+    world = distributed_utils.get_data_parallel_world_size()
+    rank = distributed_utils.get_data_parallel_rank() if world > 1 else 0
+    batch = torch.tensor([predictions.size(0)], device=logging_output["loss"].device)  # (1,)
+    if world > 1:
+        distributed_utils.all_reduce(batch, distributed_utils.get_data_parallel_group(), op="max")
+    b_max = int(batch.item())
+    for key, rows in zip(PREDICTION_KEYS, (predictions, targets)):
+        slots = rows.new_zeros(world * b_max, num_classes)  # (W * B_max, C)
+        slots[rank * b_max:rank * b_max + rows.size(0)] = rows
+        logging_output[key] = slots
+    filled = torch.zeros(world * b_max)  # (W * B_max,)
+    filled[rank * b_max:rank * b_max + predictions.size(0)] = 1.0
+    logging_output[SLOT_MASK] = filled
+    return logging_output
+
+
+def log_predictions(logging_outputs: Sequence[Dict[str, Any]], num_classes: int) -> None:
+    """Concatenate the filled slots of ``_predictions`` / ``_targets`` over batches; derive ``mAP`` from the
+    whole set."""
+    logs = [log for log in logging_outputs if SLOT_MASK in log]
+    filled = [torch.as_tensor(log[SLOT_MASK]).cpu() > 0.5 for log in logs]  # (W * B_max,) per batch
+    for key in PREDICTION_KEYS:
+        parts = [_rows(log[key], num_classes)[keep] for log, keep in zip(logs, filled)]  # (b, C) each
+        metrics.log_concat_tensor(key, torch.cat(parts))  # (sum b, C)
     metrics.log_derived("mAP", lambda meters: map_of_meters(meters).mAP)
 
 

@@ -3,9 +3,10 @@
 The registry name and every config field are the official ones (released checkpoints store this
 config), including fields of the image code EAT inherited from data2vec 2.0. Fields whose feature this
 re-implementation does not have raise a ``ValueError`` naming the field when they are set, instead of
-being ignored. Features are always 16 kHz Kaldi fbanks (``downsr_16hz`` / ``audio_mae`` are accepted
-as the official audio recipes set them; ``input_size`` is the image size of that legacy code: the
-input is ``(target_length, 128)``).
+being ignored (the one table: ``eat_plugin.official_fields``). Features are 16 kHz Kaldi fbanks:
+``audio_mae`` must be true (false is the official image pipeline), ``downsr_16hz: true`` resamples
+(false accepts 16 kHz clips only, which the official code reads unchanged); ``input_size`` is the
+image size of that legacy code: the input is ``(target_length, 128)``.
 """
 
 
@@ -21,6 +22,8 @@ from omegaconf import II, MISSING
 
 from eat_plugin.data.datasets import BlockMaskSpec, FbankDataset
 from eat_plugin.data.fbank import NORM_STATS, PATCH_FRAMES, NormStats, check_target_length
+from eat_plugin.tasks.faults import TrainingFaults
+from eat_plugin.official_fields import TASK, check_refused
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +60,11 @@ class MaeImagePretrainingConfig(FairseqDataclass):
     subsample: float = field(default=1, metadata={"help": "not implemented: must be 1"})
     seed: int = II("common.seed")
     dataset_type: str = field(default="imagefolder", metadata={"help": "only the default is accepted"})
-    audio_mae: bool = field(default=False, metadata={"help": "accepted: features are always audio fbanks"})
+    audio_mae: bool = field(default=False, metadata={"help": "must be true: false is the official image-folder "
+                                                             "pipeline; every EAT recipe sets true"})
     h5_format: bool = field(default=False, metadata={"help": "train manifest rows are <file.h5>/<key> at 32 kHz"})
-    downsr_16hz: bool = field(default=False, metadata={"help": "accepted: audio is always resampled to 16 kHz"})
+    downsr_16hz: bool = field(default=False, metadata={"help": "resample clips to 16 kHz (every EAT recipe: true); "
+                                                               "false accepts 16 kHz clips only"})
     target_length: int = field(default=1024, metadata={"help": "fbank frames per clip, a multiple of 16"})
     flexible_mask: bool = field(default=False, metadata={"help": "not implemented: must be false"})
     esc50_eval: bool = field(default=False, metadata={"help": "normalise with the ESC-50 statistics"})
@@ -77,31 +82,12 @@ class MaeImagePretrainingConfig(FairseqDataclass):
     )
     norm_mean: Optional[float] = field(default=None, metadata={"help": "own fbank mean (with norm_std)"})
     norm_std: Optional[float] = field(default=None, metadata={"help": "own fbank std (with norm_mean)"})
-
-
-# field -> (default that must be kept, what to say). Checked at task setup; nothing is silently ignored.
-UNSUPPORTED_TASK_FIELDS = {
-    "multi_data": (None, "several data directories are not implemented; concatenate the manifests"),
-    "local_cache_path": (None, "the local data cache is not implemented"),
-    "beit_transforms": (False, "BEiT image transforms do not apply to audio"),
-    "target_transform": (False, "image target transforms do not apply to audio"),
-    "subsample": (1, "subsampling the data set is not implemented; write a smaller manifest"),
-    "flexible_mask": (False, "flexible block sizes are not implemented"),
-    "dataset_type": ("imagefolder", "the only data set type is the audio manifest one ('imagefolder')"),
-}
-UNSUPPORTED_MASK_FIELDS = {
-    "expand_adjacent": (False, "expand_adjacent masking is not implemented"),
-    "non_overlapping": (False, "non-overlapping masking is not implemented"),
-    "mask_dropout": (0, "mask dropout is not implemented (EAT uses 0)"),
-}
-
-
-def _check_unsupported(cfg: Any, fields: Dict[str, tuple], prefix: str) -> None:
-    """Raise naming the first field of ``fields`` that differs from its required default."""
-    for name, (default, reason) in fields.items():
-        value = getattr(cfg, name)
-        if value != default:
-            raise ValueError(f"{prefix}.{name}={value!r} is not supported: {reason}; expected {default!r}")
+    skip_bad_clips: bool = field(
+        default=False,
+        metadata={"help": "a clip that cannot be decoded when read (removed or corrupted after the manifest was "
+                          "written) is skipped with a warning naming it and counted as bad_clips in the training "
+                          "log, instead of stopping the run; never zero-filled"},
+    )
 
 
 def norm_stats(cfg: MaeImagePretrainingConfig) -> NormStats:
@@ -133,7 +119,6 @@ def block_mask_spec(mask_cfg: Optional[ImageMaskingConfig]) -> Optional[BlockMas
     if mask_cfg is None:
         return None
     prefix = "task.precompute_mask_config"
-    _check_unsupported(mask_cfg, UNSUPPORTED_MASK_FIELDS, prefix)
     if mask_cfg.patch_size != PATCH_FRAMES:
         raise ValueError(
             f"{prefix}.patch_size={mask_cfg.patch_size!r} (model.modalities.image.patch_size) is not supported: "
@@ -154,7 +139,7 @@ def block_mask_spec(mask_cfg: Optional[ImageMaskingConfig]) -> Optional[BlockMas
 def check_config(cfg: MaeImagePretrainingConfig) -> None:
     """Start-up validation: every problem is a ``ValueError`` naming the ``task.*`` field."""
     check_target_length(cfg.target_length, "task.target_length")
-    _check_unsupported(cfg, UNSUPPORTED_TASK_FIELDS, "task")
+    check_refused(TASK, cfg, "task")
     if cfg.min_sample_size < 0:
         raise ValueError(f"task.min_sample_size={cfg.min_sample_size}: expected a non-negative sample count")
     if (cfg.AS2M_finetune or cfg.spcv1_finetune) and not cfg.weights_file:
@@ -180,6 +165,7 @@ class MaeImagePretrainingTask(FairseqTask):
     def __init__(self, cfg: MaeImagePretrainingConfig):
         check_config(cfg)
         super().__init__(cfg)
+        self.faults = TrainingFaults(self)  # NaN/Inf stops name the update and its clips; bad_clips count
         if cfg.weights_file and not (cfg.AS2M_finetune or cfg.spcv1_finetune):
             logger.info(f"task.weights_file={cfg.weights_file} is unused: AS2M_finetune and spcv1_finetune are false")
 
@@ -205,12 +191,31 @@ class MaeImagePretrainingTask(FairseqTask):
             seed=cfg.seed,
             mask_spec=block_mask_spec(cfg.precompute_mask_config),
             h5_format=train and cfg.h5_format,
+            resample=cfg.downsr_16hz,
+            skip_bad_clips=cfg.skip_bad_clips,
         )
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> FbankDataset:
         self.datasets[split] = dataset = FbankDataset(**self.dataset_kwargs(split))
         logger.info(f"{split}: {len(dataset)} clips from {dataset.manifest.path}, {dataset.front_end}")
         return dataset
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """fairseq's step; remembers the batch's clip ids for a NaN/Inf report (``eat_plugin.tasks.faults``)."""
+        self.faults.before_train_step(sample, update_num, ignore_grad)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def reduce_metrics(self, logging_outputs, criterion) -> None:
+        super().reduce_metrics(logging_outputs, criterion)
+        self.faults.after_reduce_metrics()  # a non-finite training loss stops the run, naming the clips
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq's iterator, without its shuffling of the batch list: the dataset already draws a fresh
+        clip order every epoch (``ordered_indices``), and a second shuffle over batches would make the clips
+        of an update depend on the batch size, so 2 ranks x b clips would not see what 1 x 2b clips sees."""
+        iterator = super().get_batch_iterator(dataset, *args, **kwargs)
+        iterator.disable_shuffling = True
+        return iterator
 
     def max_positions(self) -> None:
         return None  # every clip is cropped/padded to target_length: nothing to filter
