@@ -25,6 +25,7 @@ import evaluate  # noqa: E402
 import make_demo_data  # noqa: E402
 import prepare_custom  # noqa: E402
 import prepare_esc50  # noqa: E402
+from eat_plugin.checkpoint import load_checkpoint  # noqa: E402
 from eat_plugin.plots import training_figures  # noqa: E402
 from eat_plugin.training_log import read_training_log  # noqa: E402
 
@@ -84,7 +85,7 @@ def test_pretrain_then_finetune_beats_chance_and_reloads_without_pretraining_fil
     with torch.no_grad():
         out = model(**batch["net_input"])
     accuracy = 100.0 * float(out["correct"]) / float(out["sample_size"])
-    assert abs(accuracy - max(accuracies)) < 1e-6, (accuracy, accuracies)
+    assert abs(accuracy - max(accuracies)) < 1e-4, (accuracy, accuracies)  # fairseq logs 4 decimals
 
 
 def tensorboard_scalars(logdir: Path) -> dict:
@@ -109,7 +110,9 @@ def test_own_data_class_folders_to_curves_and_evaluation(tmp_path, esc50_pretrai
                       "optimization.max_update=200", recipe="custom_tiny")
 
     # the task resolved what the recipe leaves to the data, and the checkpoint keeps it
-    best = torch.load(run / "checkpoint_best.pt", weights_only=True)
+    best = load_checkpoint(run / "checkpoint_best.pt")  # plugin task fields are stored beside cfg.task
+    on_disk = torch.load(run / "checkpoint_best.pt", weights_only=True)["cfg"]
+    assert "label_type" not in on_disk["task"] and on_disk["eat_plugin_task"]["label_type"] == "single"
     assert (best["cfg"]["model"]["num_classes"], best["cfg"]["model"]["multi_label"], best["cfg"]["task"]["label_type"],
             best["cfg"]["checkpoint"]["best_checkpoint_metric"]) == (NUM_CLASSES, False, "single", "accuracy")
 
