@@ -21,13 +21,11 @@ import torch
 from fairseq import checkpoint_utils, file_io
 
 import eat_plugin  # noqa: F401  (installs the patch, as loading the plugin as a user dir does)
-from conftest import REPO, broadband, write_wav
+from conftest import make_pretraining_clips, pretraining_command, train_env
 from eat_plugin import checkpoint_safety as safety
 from eat_plugin.checkpoint import NotACheckpointError
 from eat_plugin.checkpoint_safety import CheckpointDiskFullError, CorruptCheckpointError
-from eat_plugin.data.manifest import Clip, write_split
 
-HYDRA_TRAIN = Path(sys.executable).parent / "fairseq-hydra-train"
 
 
 def fairseq_state(updates: int, epoch: int = 1, numel: int = 1000, seed: int = 0) -> dict:
@@ -347,21 +345,9 @@ def test_a_flipped_byte_that_torch_loads_silently_is_reported(tmp_path):
 # ------------------------------------------------------------------------------------------ end to end
 
 
-def make_clips(out: Path, count: int = 8, seconds: float = 1.4) -> Path:
-    clips = []
-    for i in range(count):
-        write_wav(out / "audio" / f"{i}.wav", broadband(seconds, seed=i), 16000)
-        clips.append(Clip(f"{i}.wav", int(seconds * 16000)))
-    write_split(out, "train", out / "audio", clips, with_labels=False)
-    return out
-
-
 def train(data: Path, save_dir: Path, *overrides: str, env=None) -> subprocess.CompletedProcess:
-    cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "pretraining"), "--config-name", "tiny",
-           f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"checkpoint.save_dir={save_dir}",
-           f"hydra.run.dir={save_dir / 'hydra'}", "checkpoint.save_interval_updates=6", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    cmd = pretraining_command(data, save_dir, "checkpoint.save_interval_updates=6", *overrides)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**train_env(), **(env or {})})
 
 
 def succeeded(result: subprocess.CompletedProcess) -> str:
@@ -372,7 +358,7 @@ def succeeded(result: subprocess.CompletedProcess) -> str:
 
 def test_a_kill_while_writing_checkpoint_last_and_a_truncated_one_under_fairseq_hydra_train(tmp_path):
     """Tiny recipe, 4 updates per epoch: the copy of checkpoint_2_6.pt to checkpoint_last.pt is killed."""
-    data, run = make_clips(tmp_path / "data"), tmp_path / "run"
+    data, run = make_pretraining_clips(tmp_path / "data", 8), tmp_path / "run"
     succeeded(train(data, run, "optimization.max_update=4"))
     before = load(run / "checkpoint_last.pt")  # epoch 1 @ 4 updates
 
