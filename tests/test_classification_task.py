@@ -576,3 +576,24 @@ def test_missing_fold_dir_and_model(tmp_path, capsys):
     argv = fold_args(tmp_path) + ["--model-path", str(tmp_path / "nope.pt")]
     assert folds_script().main(argv, runner=fake_runner({})) == 1
     assert "nope.pt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_training_options_are_checked_at_start_up_with_one_message_each(tmp_path):
+    make_data(tmp_path, [["dog"]])
+    cfg = compose_recipe("tiny", ["common.user_dir=plugin", f"task.data={tmp_path}", "checkpoint.save_dir=out",
+                                  "model.model_path=m.pt", "model.num_classes=4", "optimization.lr=[0.0]",
+                                  "optimizer.groups.default.lr_float=-0.001", "dataset.batch_size=0",
+                                  "optimization.update_freq=[0]"])
+    with pytest.raises(ValueError) as err:
+        MaeImageClassificationTask.setup_task(cfg.task)
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "optimization.lr[0]=0.0: expected a learning rate > 0",
+        "optimizer.groups.default.lr_float=-0.001: expected a learning rate > 0",
+        "optimization.update_freq[0]=0: expected at least 1 batch per update",
+        "dataset.batch_size=0: expected at least 1 clip",
+        "dataset.batch_size_valid=0: expected at least 1 clip",  # fairseq: ${dataset.batch_size} by default
+    ]
+    good = compose_recipe("tiny", ["common.user_dir=plugin", f"task.data={tmp_path}", "checkpoint.save_dir=out",
+                                   "model.model_path=m.pt", "model.num_classes=4"])
+    assert isinstance(MaeImageClassificationTask.setup_task(good.task), MaeImageClassificationTask)

@@ -44,7 +44,7 @@ from omegaconf import open_dict
 from eat_plugin.data.datasets import LabelledFbankDataset
 from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors
 from eat_plugin.metrics import accuracy, mean_average_precision
-from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig, MaeImagePretrainingTask
+from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig, MaeImagePretrainingTask, run_config
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +113,6 @@ def resolve_multi_label(cfg: MaeImageClassificationConfig) -> bool:
     return value
 
 
-def _run_config(cfg: Any) -> Optional[Any]:
-    """The whole run's config that ``cfg`` (``task`` or ``model``) sits in, if fairseq built it that way."""
-    parent = getattr(cfg, "_get_parent", lambda: None)()
-    return parent if parent is not None and "checkpoint" in parent else None
-
-
 @register_task("mae_image_classification", dataclass=MaeImageClassificationConfig)
 class MaeImageClassificationTask(MaeImagePretrainingTask):
     """Fbank clips with multi-hot (or one-hot) label vectors; ``mAP`` / ``accuracy`` validation metrics."""
@@ -140,7 +134,7 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
         fairseq gives the task a merged copy of ``cfg.task`` whose parent is the run's config (the one the
         trainer saves and the checkpoint logic reads), so the choices are written there.
         """
-        run = _run_config(self.cfg)
+        run = run_config(self.cfg)
         resolved_type = "multi" if self.multi_label else "single"
         if self.cfg.label_type == AUTO:
             logger.info(f"task.label_type=auto: {resolved_type}-label, from {Path(self.cfg.data) / SUMMARY_FILE}")

@@ -151,6 +151,36 @@ def check_config(cfg: MaeImagePretrainingConfig) -> None:
     block_mask_spec(cfg.precompute_mask_config)
 
 
+def run_config(cfg: Any) -> Optional[Any]:
+    """The whole run's config that ``cfg`` (``task`` or ``model``) sits in, if fairseq built it that way."""
+    parent = getattr(cfg, "_get_parent", lambda: None)()
+    return parent if parent is not None and "checkpoint" in parent else None
+
+
+def check_run_options(run: Any) -> None:
+    """The training options of the run around the task, checked at start-up: one message per problem."""
+    problems = []
+    optimization, dataset = run.get("optimization") or {}, run.get("dataset") or {}
+    for i, lr in enumerate(optimization.get("lr") or []):
+        if not lr > 0:
+            problems.append(f"optimization.lr[{i}]={lr!r}: expected a learning rate > 0")
+    groups = ((run.get("optimizer") or {}).get("groups") or {})
+    for name in groups:
+        lr = groups[name].get("lr_float")
+        if lr is not None and not lr > 0:
+            problems.append(f"optimizer.groups.{name}.lr_float={lr!r}: expected a learning rate > 0")
+    for i, freq in enumerate(optimization.get("update_freq") or []):
+        if not freq >= 1:
+            problems.append(f"optimization.update_freq[{i}]={freq!r}: expected at least 1 batch per update")
+    if (optimization.get("clip_norm") or 0) < 0:
+        problems.append(f"optimization.clip_norm={optimization.get('clip_norm')!r}: expected >= 0 (0: no clipping)")
+    for key in ("batch_size", "batch_size_valid"):
+        if dataset.get(key) is not None and not dataset.get(key) >= 1:
+            problems.append(f"dataset.{key}={dataset.get(key)!r}: expected at least 1 clip")
+    if problems:
+        raise ValueError("invalid training options:\n  " + "\n  ".join(problems))
+
+
 def is_train_split(split: str) -> bool:
     """The split that gets augmentation, shuffling, weighted sampling and HDF5 input: ``train*``."""
     return split.startswith("train")
@@ -164,6 +194,8 @@ class MaeImagePretrainingTask(FairseqTask):
 
     def __init__(self, cfg: MaeImagePretrainingConfig):
         check_config(cfg)
+        if run_config(cfg) is not None:
+            check_run_options(run_config(cfg))
         super().__init__(cfg)
         self.faults = TrainingFaults(self)  # NaN/Inf stops name the update and its clips; bad_clips count
         if cfg.weights_file and not (cfg.AS2M_finetune or cfg.spcv1_finetune):
