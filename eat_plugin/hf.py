@@ -57,6 +57,7 @@ from eat_plugin.data.manifest import read_label_descriptors
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig, backbone_config
 from eat_plugin.models.pretraining_config import check_supported, config_from_dict
+from eat_plugin.official_fields import PRETRAINING, REFUSED
 from eat_plugin.official_configs import checkpoint_cfg, finetuning_cfg, pretraining_cfg, split_template
 from eat_plugin.safetensors_io import load_safetensors, save_safetensors
 
@@ -141,9 +142,20 @@ EAT_CONFIG_DEFAULTS: Dict[str, Any] = {  # EATConfig defaults (reference §9.3)
     "post_mlp_drop": 0.0, "start_drop_path_rate": 0.0, "end_drop_path_rate": 0.0, "layer_norm_first": False,
     "norm_eps": 1e-6, "norm_affine": True, "fixed_positions": True, "img_size": [1024, 128],
 }
-_FIXED = {"model_type": "eat", "patch_size": PATCH_FRAMES, "stride": PATCH_FRAMES, "in_chans": 1,
-          "mel_bins": NUM_MEL_BINS, "qkv_bias": True, "layer_norm_first": False, "norm_affine": True,
-          "fixed_positions": True}  # the only values EAT (and this implementation) has
+
+
+def _only_value(path: str) -> Any:
+    """The one value ``official_fields.REFUSED`` accepts for the pre-training model field ``path``."""
+    (value,) = REFUSED[f"{PRETRAINING}.{path}"].accepted
+    return value
+
+
+# The only values EAT (and this implementation) has: the ones that are fairseq fields come from the table of
+# refused fields; stride, mel bins, qkv bias and affine norms are HF-only options of the remote code.
+_FIXED = {"model_type": "eat", "patch_size": _only_value("modalities.image.patch_size"), "stride": PATCH_FRAMES,
+          "in_chans": _only_value("modalities.image.in_chans"), "mel_bins": NUM_MEL_BINS, "qkv_bias": True,
+          "layer_norm_first": _only_value("layer_norm_first"), "norm_affine": True,
+          "fixed_positions": _only_value("modalities.image.fixed_positions")}
 _REMOTE_CODE = {"architectures": ["EATModel"],  # class names of the HF repos' remote code (§9.3)
                 "auto_map": {"AutoConfig": "configuration_eat.EATConfig", "AutoModel": "modeling_eat.EATModel"}}
 VARIANTS = ("pretrain", "finetune")

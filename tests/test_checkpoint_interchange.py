@@ -59,7 +59,7 @@ is_finetuning""".split()
 CLASSIFICATION_TASK_FIELDS = PRETRAIN_TASK_FIELDS + ["label_descriptors", "labels"]
 OUR_TASK_ADDITIONS = {"min_sample_size", "norm_mean", "norm_std", "skip_bad_clips"}  # documented eat_plugin additions
 OUR_CLASSIFICATION_TASK_ADDITIONS = {"label_type"}
-OUR_CLASSIFIER_ADDITIONS = {"multi_label"}
+OUR_CLASSIFIER_ADDITIONS = {"multi_label", "mixup_pairs"}
 OUR_MODEL_ADDITIONS = {"cls_loss_scale"}
 
 

@@ -16,6 +16,7 @@ from eat_plugin.models.mae_image_classification import (
     layer_scales,
 )
 from eat_plugin.modules.batch_augment import BatchMixup, spec_augment
+from eat_plugin.modules.block import DropPath
 from test_pretraining_model import tiny_config
 
 
@@ -144,6 +145,59 @@ def test_spec_augment_masks_lie_within_the_widths():
                     assert idx.max() - idx.min() + 1 == len(idx) < width  # one contiguous band
             zeros = (spec == 0)
             assert torch.equal(zeros, zeros[:, masked_bins].any() * 0 + (zeros.all(0)[None, :] | zeros.all(1)[:, None]))
+
+
+def test_spec_augment_equals_torchaudios_iid_masks_given_the_same_draws():
+    import torchaudio
+
+    fbank = torch.randn(5, 1, 64, 128)
+    torch.manual_seed(3)
+    spec = torchaudio.transforms.FrequencyMasking(30, iid_masks=True)(fbank.transpose(-2, -1))
+    expected = torchaudio.transforms.TimeMasking(20, iid_masks=True)(spec).transpose(-2, -1)
+    torch.manual_seed(3)  # torchaudio draws (B, 1) widths then (B, 1) starts, per axis
+    draws = torch.cat([torch.rand(5, 1), torch.rand(5, 1), torch.rand(5, 1), torch.rand(5, 1)], dim=1)  # (B, 4)
+    assert torch.equal(spec_augment(fbank, 30, 20, draws), expected)
+    # and by hand: width 0.5 * 30 = 15 bins from floor(0.25 * (128 - 15)) = 28; time band [0, 10)
+    out = spec_augment(torch.ones(1, 1, 64, 128), 30, 20, torch.tensor([[0.5, 0.25, 0.5, 0.0]]))[0, 0]
+    assert (out[:, 28:43] == 0).all() and (out[:10] == 0).all()
+    assert out[10:, :28].eq(1).all() and out[10:, 43:].eq(1).all()
+
+
+def test_drop_path_with_given_draws_keeps_a_sample_where_u_is_below_the_keep_rate():
+    drop = DropPath(0.25).train()
+    x = torch.ones(4, 3, 2)
+    out = drop(x, torch.tensor([0.0, 0.74, 0.75, 0.99]))
+    torch.testing.assert_close(out[:, 0, 0], torch.tensor([4 / 3, 4 / 3, 0.0, 0.0]))
+    assert torch.equal(drop.eval()(x, torch.ones(4)), x)  # identity at evaluation
+
+
+def test_adjacent_mixup_pairs_rows_two_by_two():
+    x = torch.arange(5.0).view(5, 1, 1, 1)
+    mixup = BatchMixup(0.8, pairs="adjacent")
+    assert mixup.partners(x).flatten().tolist() == [1, 0, 3, 2, 4]  # the odd last row is its own partner
+    assert BatchMixup(0.8).partners(x).flatten().tolist() == [4, 3, 2, 1, 0]  # official flip
+    torch.manual_seed(0)
+    mixed, labels = mixup(x, torch.eye(5))
+    lam = labels[0, 0].item()
+    torch.testing.assert_close(mixed.flatten(), lam * x.flatten() + (1 - lam) * torch.tensor([1.0, 0, 3, 2, 4]))
+    with pytest.raises(ValueError, match="model.mixup_pairs='ring'"):
+        BatchMixup(0.8, pairs="ring")
+
+
+def test_a_clips_augmentation_does_not_depend_on_its_batch(pretrained):
+    """SpecAugment and stochastic depth keyed by clip: clip 7's loss is the same alone and beside clip 3."""
+    path, _ = pretrained
+    model = MaeImageClassificationModel(finetune_config(path, specaug=True, mask_ratio=0.3, drop_path_rate=0.5)).train()
+    imgs = torch.randn(2, 1, 128, 128)
+
+    def logits(batch_imgs, ids, seed=11):
+        torch.manual_seed(seed)  # fairseq reseeds the global RNG per update: the step key
+        return model(batch_imgs, id=ids)
+
+    together, alone = logits(imgs, [3, 7]), logits(imgs[1:], [7])
+    torch.testing.assert_close(together[1:], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits(imgs[1:], [7], seed=12), alone)  # another update draws again
+    assert not torch.allclose(logits(imgs[1:], [8]), alone)  # another clip draws other masks
 
 
 # ----------------------------------------------------------------------------------- layer decay

@@ -8,6 +8,11 @@ official code (multiplied by the LOCAL masked-patch count), so:
 
 * ``cls_loss_scale=global_sample_size``: 2 x 2 == 1 x 4, same config;
 * official ``local_sample_size``: 2 x 2 == 1 x 4 with ``cls_loss`` halved (weight 1 / world size).
+
+Both ranks' EMA teachers are compared bit for bit after every update (``tools/record_teacher.py``
+wraps fairseq's own entry point). Fine-tuning with SpecAugment, stochastic depth, roll augmentation and
+mixup on is split-invariant too, with ``model.mixup_pairs=adjacent`` (the official flip pairing mixes
+clips of the rank's own batch, so it is not).
 """
 
 import socket
@@ -32,8 +37,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pretrain_on_two_ranks(data, save_dir, *overrides) -> str:
+TEACHER_RECORDER = REPO / "tests" / "tools" / "record_teacher.py"
+
+
+def pretrain_on_two_ranks(data, save_dir, *overrides, teacher_log=None) -> str:
+    """2 ranks x 2 clips; with ``teacher_log`` (a folder) each rank records its teacher after every update."""
     port = free_port()
+    probe = [sys.executable, str(TEACHER_RECORDER), str(teacher_log)] if teacher_log else [str(HYDRA_TRAIN)]
     common = [
         "distributed_training.distributed_world_size=2", "distributed_training.distributed_backend=gloo",
         f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
@@ -41,8 +51,8 @@ def pretrain_on_two_ranks(data, save_dir, *overrides) -> str:
         f"optimization.max_update={UPDATES}", *overrides,
     ]
     ranks = [
-        subprocess.Popen(pretraining_command(data, save_dir, *common, f"distributed_training.distributed_rank={r}",
-                                             f"hydra.run.dir={save_dir / f'hydra{r}'}"),
+        subprocess.Popen(probe + pretraining_command(data, save_dir, *common, f"distributed_training.distributed_rank={r}",
+                                                     f"hydra.run.dir={save_dir / f'hydra{r}'}")[1:],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=train_env())
         for r in (0, 1)
     ]
@@ -73,7 +83,8 @@ def data(tmp_path_factory):
 
 def test_two_ranks_equal_one_process_with_world_size_invariant_cls(data, tmp_path):
     invariant = "++model.cls_loss_scale=global_sample_size"
-    log2 = pretrain_on_two_ranks(data, tmp_path / "two", invariant)
+    (tmp_path / "teachers").mkdir()
+    log2 = pretrain_on_two_ranks(data, tmp_path / "two", invariant, teacher_log=tmp_path / "teachers")
     log1 = pretrain_on_one(data, tmp_path / "one", invariant)
     diff = max_differences(tmp_path / "one", tmp_path / "two")
     assert diff["student"] < ATOL and diff["teacher"] < ATOL, diff
@@ -82,6 +93,11 @@ def test_two_ranks_equal_one_process_with_world_size_invariant_cls(data, tmp_pat
     for row1, row2 in zip(rows1, rows2):  # fairseq sums the ranks' logging outputs
         assert float(row2["loss"]) == pytest.approx(float(row1["loss"]), abs=2e-3)
         assert float(row2["loss_cls"]) == pytest.approx(float(row1["loss_cls"]), abs=2e-3)
+    # the two ranks' teachers: bit-identical after every update
+    rank0, rank1 = [(tmp_path / "teachers" / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)]
+    assert {int(line.split()[0]) for line in rank0} >= set(range(1, UPDATES))
+    assert rank0 == rank1
+    assert len({line.split()[1] for line in rank0}) > 1  # and the teacher does move
 
 
 def test_official_cls_scale_weights_the_cls_term_by_one_over_world_size(data, tmp_path):
@@ -142,13 +158,19 @@ def esc_data(tmp_path_factory):
     return data, root / "pretrain" / "checkpoint_last.pt"
 
 
-def finetune(data, pretrained, save_dir, world_size: int, *overrides) -> list:
-    """Tiny fine-tuning for 3 updates with the model-side randomness off; validation rows of each rank."""
+RANDOMNESS_OFF = ("model.mixup=0", "model.specaug=false", "model.drop_path_rate=0", "task.roll_aug=false")
+# the tiny recipe's SpecAugment and roll augmentation, stochastic depth 0.1, and mixup 0.8 on every batch
+RANDOMNESS_ON = ("model.mixup=0.8", "model.mixup_prob=1.0", "model.specaug=true", "model.drop_path_rate=0.1",
+                 "task.roll_aug=true")
+
+
+def finetune(data, pretrained, save_dir, world_size: int, *overrides, randomness=RANDOMNESS_OFF) -> list:
+    """Tiny fine-tuning for 3 updates (model-side randomness off by default); the log of each rank."""
     cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "finetuning"), "--config-name", "tiny",
            f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"model.model_path={pretrained}",
-           "model.num_classes=6", "model.mixup=0", "model.specaug=false", "model.drop_path_rate=0",
-           "task.roll_aug=false", f"optimization.max_update={UPDATES}", f"dataset.batch_size={4 // world_size}",
-           "dataset.batch_size_valid=4", f"checkpoint.save_dir={save_dir}", *overrides]
+           "model.num_classes=6", *randomness, f"optimization.max_update={UPDATES}",
+           f"dataset.batch_size={4 // world_size}", "dataset.batch_size_valid=4", f"checkpoint.save_dir={save_dir}",
+           *overrides]
     if world_size == 1:
         return [run_logged([*cmd, f"hydra.run.dir={save_dir / 'h'}"])]
     port = free_port()
@@ -188,6 +210,23 @@ def test_distributed_validation_metrics_cover_every_clip_once(esc_data, tmp_path
     for log in (one[0], two[0]):  # every held-out clip scored once: 2 batches on rank 0, 1 + a filler on rank 1
         assert f"{metric} over {clips}" in log
     assert max(max_differences(tmp_path / "one", tmp_path / "two", teacher=False).values()) < ATOL
+
+
+def test_finetuning_with_every_augmentation_on_two_ranks_equals_one_process(esc_data, tmp_path):
+    """Mixup 0.8 (adjacent pairs), SpecAugment, stochastic depth and roll augmentation all on: every
+    per-clip draw is keyed by clip, λ by update, so 2 ranks x 2 clips train exactly as 1 x 4. With the
+    official flip pairing one process of 4 mixes clips 1-4 and 2-3, two ranks of 2 mix 1-2 and 3-4."""
+    data, pretrained = esc_data
+    adjacent = "++model.mixup_pairs=adjacent"
+    rows = {}
+    for name, world_size, pairs in (("one", 1, adjacent), ("two", 2, adjacent), ("flip", 1, "++model.mixup_pairs=flip")):
+        rows[name] = logged_rows(finetune(data, pretrained, tmp_path / name, world_size, pairs, "common.log_interval=1",
+                                          randomness=RANDOMNESS_ON)[0])
+    assert max_differences(tmp_path / "one", tmp_path / "two", teacher=False)["student"] < ATOL
+    assert len(rows["one"]) == len(rows["two"]) == UPDATES
+    for row1, row2 in zip(rows["one"], rows["two"]):
+        assert float(row2["loss"]) == pytest.approx(float(row1["loss"]), abs=2e-3)
+    assert max_differences(tmp_path / "flip", tmp_path / "two", teacher=False)["student"] > 10 * ATOL
 
 
 def test_weighted_epoch_shards_are_disjoint_and_together_the_draw(tmp_path):

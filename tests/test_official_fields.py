@@ -27,7 +27,7 @@ TABLE = Path(__file__).parent / "data" / "official_config_fields.tsv"
 # Our additions to the official dataclasses (not in the official code; loaders drop unknown keys).
 PLUGIN_FIELDS = {
     "model:data2vec_multi.cls_loss_scale",
-    "model:mae_image_classification.multi_label",
+    "model:mae_image_classification.multi_label", "model:mae_image_classification.mixup_pairs",
     "task:mae_image_pretraining.min_sample_size", "task:mae_image_pretraining.norm_mean",
     "task:mae_image_pretraining.norm_std", "task:mae_image_pretraining.skip_bad_clips",
     "task:mae_image_classification.min_sample_size", "task:mae_image_classification.norm_mean",

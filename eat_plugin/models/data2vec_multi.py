@@ -69,12 +69,16 @@ def build_audio_encoder(cfg: Data2VecMultiConfig) -> AudioEncoder:
     )
 
 
-def run_blocks(blocks: nn.ModuleList, x: Tensor, layerdrop: float, training: bool) -> Tuple[Tensor, List[Tensor]]:
-    """Transformer blocks over ``(R, T, D)``; returns the output and each block's target ``(R, T, D)``."""
+def run_blocks(blocks: nn.ModuleList, x: Tensor, layerdrop: float, training: bool,
+               path_draws: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
+    """Transformer blocks over ``(R, T, D)``; returns the output and each block's target ``(R, T, D)``.
+
+    ``path_draws``: optional ``(R, L, 2)`` U[0, 1) stochastic-depth draws, block i reads ``[:, i]``.
+    """
     layer_results = []
-    for block in blocks:
+    for i, block in enumerate(blocks):
         if not training or layerdrop == 0 or float(torch.rand(())) > layerdrop:
-            x, target = block(x)
+            x, target = block(x, path_draws=None if path_draws is None else path_draws[:, i])
             layer_results.append(target)
     return x, layer_results
 
@@ -210,13 +214,20 @@ class Data2VecMultiModel(BaseFairseqModel):
 
     # ------------------------------------------------------------------ features
     def extract_features(self, source: Tensor, mode=None, padding_mask: Optional[Tensor] = None, mask: bool = False,
-                         remove_extra_tokens: bool = True, precomputed_mask: Optional[Tensor] = None) -> Dict:
-        """Student features: ``{"x": (B, [E+]N, D), "padding_mask", "layer_results": [(B, E+N, D)], "mask"}``."""
+                         remove_extra_tokens: bool = True, precomputed_mask: Optional[Tensor] = None,
+                         path_draws: Optional[Tensor] = None) -> Dict:
+        """Student features: ``{"x": (B, [E+]N, D), "padding_mask", "layer_results": [(B, E+N, D)], "mask"}``.
+
+        ``path_draws``: optional ``(B, depth, 2)`` U[0, 1) stochastic-depth draws (training only; the
+        fine-tuning model draws them per clip); without them drop path uses the global RNG.
+        """
         return self.forward(source, mode=mode, padding_mask=padding_mask, mask=mask, features_only=True,
-                            remove_extra_tokens=remove_extra_tokens, precomputed_mask=precomputed_mask)
+                            remove_extra_tokens=remove_extra_tokens, precomputed_mask=precomputed_mask,
+                            path_draws=path_draws)
 
     def _features(self, source: Tensor, mask: bool, remove_extra_tokens: bool,
-                  precomputed_mask: Optional[Tensor], force_remove_masked: bool) -> Dict:
+                  precomputed_mask: Optional[Tensor], force_remove_masked: bool,
+                  path_draws: Optional[Tensor] = None) -> Dict:
         encoder = self.modality_encoders[MODALITY]
         patches = encoder.embed(source)  # (B, N, D)
         info = self._mask_info(precomputed_mask, source.size(0), patches.size(1), source.device) if mask else None
@@ -225,7 +236,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         elif info is not None and self.cfg.modalities.image.encoder_zero_mask:
             patches = patches * (~info.mask).unsqueeze(-1).to(patches.dtype)  # masked tokens zeroed
         x = self.dropout_input(encoder.contextualize(patches))  # (B, E + N', D)
-        x, layer_results = run_blocks(self.blocks, x, self.cfg.layerdrop, self.training)
+        x, layer_results = run_blocks(self.blocks, x, self.cfg.layerdrop, self.training, path_draws)
         if remove_extra_tokens:
             x = x[:, encoder.num_extra_tokens:]  # (B, N', D)
         return {"x": x, "padding_mask": None, "layer_results": layer_results, "mask": info}
@@ -233,7 +244,8 @@ class Data2VecMultiModel(BaseFairseqModel):
     # ------------------------------------------------------------------ training step
     def forward(self, source: Tensor, target=None, id=None, mode=None, padding_mask: Optional[Tensor] = None,
                 mask: bool = True, features_only: bool = False, force_remove_masked: bool = False,
-                remove_extra_tokens: bool = True, precomputed_mask: Optional[Tensor] = None) -> Dict:
+                remove_extra_tokens: bool = True, precomputed_mask: Optional[Tensor] = None,
+                path_draws: Optional[Tensor] = None) -> Dict:
         """Pre-training losses for a batch ``source`` ``(B, 1, T, 128)`` (or features, see ``extract_features``).
 
         ``precomputed_mask``: ``(B * clone_batch, N)``, 1 = masked, row ``b * clone_batch + c`` = clone c
@@ -244,7 +256,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         """
         _check_mode_and_padding(mode, padding_mask)
         if features_only:
-            return self._features(source, mask, remove_extra_tokens, precomputed_mask, force_remove_masked)
+            return self._features(source, mask, remove_extra_tokens, precomputed_mask, force_remove_masked, path_draws)
         if self.teacher is None:
             raise RuntimeError("this model has no EMA teacher (skip_ema, or remove_pretraining_modules was called); "
                                "use extract_features() for features")

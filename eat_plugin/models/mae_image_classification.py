@@ -5,6 +5,12 @@ A pre-trained ``data2vec_multi`` backbone (teacher, decoder and clones removed) 
 checkpoint rebuilds its backbone without the pre-training file.
 
 Step: mixup -> SpecAugment -> backbone -> pool (CLS / mean / lin-softmax) -> fc_norm -> head -> loss.
+
+Split-invariant randomness: given the clips' ids (the datasets' ``net_input["id"]``), each clip's
+SpecAugment masks and stochastic-depth decisions are drawn from its own stream, keyed by the clip id and
+one number drawn from the global RNG per step (fairseq reseeds that RNG from ``common.seed`` + update on
+every rank), so they do not depend on which rank or batch the clip is in. Mixup's λ and box come from
+the global RNG (the same on every rank); its partners are in the rank's own batch (``mixup_pairs``).
 """
 
 import logging
@@ -25,7 +31,8 @@ from eat_plugin.losses import binary_cross_entropy, cross_entropy, label_vectors
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, config_from_dict
 from eat_plugin.models.state_check import check_state_matches
-from eat_plugin.modules.batch_augment import BatchMixup, spec_augment
+from eat_plugin.modules.batch_augment import MIXUP_PAIRS, SPEC_AUGMENT_DRAWS, BatchMixup, spec_augment
+from eat_plugin.seeding import AUGMENT_STREAM, keyed_generator
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +86,12 @@ class MaeImageClassificationConfig(FairseqDataclass):
     freqm: int = 25
     timem: int = 200
     mask_ratio: float = field(default=0.0, metadata={"help": "!= 0: freqm = 128 x ratio, timem = T x ratio"})
-    # --- eat_plugin addition (not in the official config) ---
+    # --- eat_plugin additions (not in the official config) ---
+    mixup_pairs: str = field(
+        default="flip",
+        metadata={"help": f"mixup partners: {' | '.join(MIXUP_PAIRS)}. flip (official): row i with row B-1-i; "
+                          "adjacent: rows 2k and 2k+1, which makes N ranks x b clips train as 1 x N*b (b even)"},
+    )
     multi_label: Optional[bool] = field(
         default=None,
         metadata={"help": "BCE (true) or cross-entropy (false) loss; null: the official rule (multi-label when "
@@ -104,7 +116,8 @@ class MaeImageClassificationModel(BaseFairseqModel):
         self.head = nn.Linear(dim, cfg.num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-        self.mixup = (BatchMixup(cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.mixup_mode)
+        self.mixup = (BatchMixup(cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.mixup_mode,
+                                 cfg.mixup_pairs)
                       if cfg.mixup > 0 or cfg.cutmix > 0 else None)
         self.freqm = NUM_MEL_BINS * cfg.mask_ratio if cfg.mask_ratio else cfg.freqm
         self.timem = cfg.target_length * cfg.mask_ratio if cfg.mask_ratio else cfg.timem
@@ -151,11 +164,12 @@ class MaeImageClassificationModel(BaseFairseqModel):
         return self.model.extract_features(source, padding_mask=padding_mask, mask=mask,
                                            remove_extra_tokens=remove_extra_tokens)
 
-    def pooled_features(self, imgs: Tensor) -> Tensor:
-        """``(B, 1, T, 128)`` -> pooled backbone features ``(B, D)``."""
+    def pooled_features(self, imgs: Tensor, path_draws: Optional[Tensor] = None) -> Tensor:
+        """``(B, 1, T, 128)`` -> pooled backbone features ``(B, D)``; ``path_draws`` ``(B, depth, 2)``."""
         keep_cls = self.prediction_mode == PredictionMode.CLS_TOKEN
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.linear_classifier):
-            x = self.model.extract_features(imgs, mask=False, remove_extra_tokens=not keep_cls)["x"]  # (B, [1+]N, D)
+            x = self.model.extract_features(imgs, mask=False, remove_extra_tokens=not keep_cls,
+                                            path_draws=path_draws)["x"]  # (B, [1+]N, D)
         if self.prediction_mode == PredictionMode.CLS_TOKEN:
             return x[:, 0]  # (B, D)
         if self.prediction_mode == PredictionMode.MEAN_POOLING:
@@ -167,20 +181,32 @@ class MaeImageClassificationModel(BaseFairseqModel):
         """Logits ``(B, C)`` without labels; with labels, the loss dict fairseq's criterion reads.
 
         ``label``: class indices ``(B,)`` or label vectors ``(B, C)`` (the datasets give multi-hot vectors).
-        ``id``: the clips' dataset indices ``(B,)`` (the datasets' ``net_input["id"]``).
+        ``id``: the clips' dataset indices ``(B,)`` (the datasets' ``net_input["id"]``): with them the
+        per-clip draws are keyed by clip (module docstring); without them they come from the global RNG.
         """
         labels = label
+        spec_draws, path_draws = self._clip_draws(id, imgs) if self.training and id is not None else (None, None)
         if self.training and self.mixup is not None and labels is not None:
             imgs, labels = self.mixup(imgs, label_vectors(labels, self.cfg.num_classes))
         if self.training and self.cfg.specaug:
-            imgs = spec_augment(imgs, self.freqm, self.timem)
-        x = self.pooled_features(imgs)  # (B, D)
+            imgs = spec_augment(imgs, self.freqm, self.timem, spec_draws)
+        x = self.pooled_features(imgs, path_draws)  # (B, D)
         if self.fc_norm is not None:
             x = self.fc_norm(x)
         logits = self.head(x)  # (B, C)
         if labels is None:
             return logits
         return self._loss(torch.nan_to_num(logits), labels)
+
+    def _clip_draws(self, clip_ids, imgs: Tensor):
+        """Per-clip U[0, 1) draws: SpecAugment ``(B, 4)`` and stochastic depth ``(B, depth, 2)``, on the device."""
+        step_key = int(torch.randint(0, 2**62, ()))  # global RNG: fairseq reseeds it per update, on every rank
+        depth = len(self.model.blocks)
+        per_clip = SPEC_AUGMENT_DRAWS + 2 * depth
+        draws = torch.stack([torch.rand(per_clip, generator=keyed_generator(step_key, int(clip), AUGMENT_STREAM))
+                             for clip in clip_ids])  # (B, 4 + 2 * depth)
+        draws = draws.to(imgs.device, non_blocking=True)
+        return draws[:, :SPEC_AUGMENT_DRAWS], draws[:, SPEC_AUGMENT_DRAWS:].view(-1, depth, 2)
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Dict[str, Any]:
         cfg = self.cfg

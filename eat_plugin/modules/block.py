@@ -15,18 +15,24 @@ from eat_plugin.modules.attention import Attention
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample with probability ``p`` (training only)."""
+    """Stochastic depth: drop the whole residual branch per sample with probability ``p`` (training only).
+
+    ``uniform``: optional ``(B,)`` U[0, 1) draws, one per sample (a sample is kept where ``u < 1 - p``);
+    without it the draws come from the global RNG.
+    """
 
     def __init__(self, p: float = 0.0):
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, uniform: Optional[Tensor] = None) -> Tensor:
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+        if uniform is None:
+            return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+        return x * (uniform < keep).to(x.dtype).view(shape).div_(keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -83,12 +89,17 @@ class PostLNBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=mlp_drop)
         self.post_mlp_dropout = nn.Dropout(post_mlp_drop)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_affine)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
         self.ffn_targets = ffn_targets
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """``x`` ``(B, N, D)`` -> ``(x, target)``, both ``(B, N, D)``."""
-        x = self.norm1(x + self.drop_path(self.attn(x, padding_mask)))  # (B, N, D)
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
+                path_draws: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``x`` ``(B, N, D)`` -> ``(x, target)``, both ``(B, N, D)``.
+
+        ``path_draws``: optional ``(B, 2)`` U[0, 1) draws for the two branches' stochastic depth.
+        """
+        attn_draw, mlp_draw = path_draws.unbind(1) if path_draws is not None else (None, None)  # (B,) each
+        x = self.norm1(x + self.drop_path(self.attn(x, padding_mask), attn_draw))  # (B, N, D)
         ffn = self.mlp(x)  # (B, N, D)
-        x = self.norm2(x + self.drop_path(self.post_mlp_dropout(ffn)))  # (B, N, D)
+        x = self.norm2(x + self.drop_path(self.post_mlp_dropout(ffn), mlp_draw))  # (B, N, D)
         return x, (ffn if self.ffn_targets else x)
