@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig
 from eat_plugin.modules.attention import set_fused_attention
-from eat_plugin.modules.masking import compute_block_mask_2d
+from eat_plugin.masking import compute_block_mask_2d
 
 PRESETS = {
     # official EAT-base (reference §6.1): D 768, depth 12, 16 clones, 1024 frames, CNN decoder 6 x 768

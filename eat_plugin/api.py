@@ -13,29 +13,27 @@ frame features are concatenated (padding trimmed), the utterance embedding is th
 windows' CLS outputs.
 """
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from eat_plugin.checkpoint import load_checkpoint
-from eat_plugin.data.fbank import PATCH_FRAMES, FbankFrontEnd, NormStats, read_audio, resolve_norm_stats
+from eat_plugin.data.fbank import FbankFrontEnd, read_audio, training_norm_stats
+from eat_plugin.layout import FREQ_PATCHES, PATCH_FRAMES
 from eat_plugin.data.manifest import read_label_descriptors
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
-from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig, MaeImageClassificationModel
-from eat_plugin.models.pretraining_config import config_from_dict
+from eat_plugin.models.mae_image_classification import MaeImageClassificationModel
+from eat_plugin.models.stored import network_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
 Audio = Union[str, Path, Tuple[Union[np.ndarray, Tensor], int]]
 GRANULARITIES = ("utterance", "frame", "all")
-FREQ_PATCHES = 128 // PATCH_FRAMES  # 8 frequency patches per time step
 
 
 @dataclass
@@ -62,11 +60,11 @@ def load_model(path: Union[str, Path], device: str = "cpu", labels: Optional[Uni
         batch_size: windows per forward pass.
     """
     state = load_checkpoint(path)
-    cfg = state.get("cfg")
-    if cfg is None or "model" not in cfg:
-        raise ValueError(f"{path}: not a fairseq EAT checkpoint (no cfg.model)")
-    network, model_target_length = _build_network(state, path)
-    front_end = FbankFrontEnd(target_length or model_target_length, norm if norm is not None else _training_norm(cfg))
+    network, model_target_length = network_from_checkpoint(state, path)
+    cfg = state["cfg"]
+    if norm is None:  # the training run's statistics
+        norm = training_norm_stats(cfg.get("task") or {}, prefix=f"{path}: cfg.task")
+    front_end = FbankFrontEnd(target_length or model_target_length, norm)
     names = None
     if isinstance(network, MaeImageClassificationModel):
         names = _label_names(state, labels, network.head.out_features)
@@ -185,39 +183,6 @@ class EATModel:
 
 
 # ---------------------------------------------------------------------------------------------------
-
-
-def _build_network(state: dict, path) -> Tuple[nn.Module, int]:
-    """The checkpoint's network with its weights (no teacher, no decoder) and its training length."""
-    model_cfg = OmegaConf.to_container(OmegaConf.create(state["cfg"]["model"]), resolve=False)
-    name = model_cfg.get("_name")
-    if name == "data2vec_multi":
-        network = Data2VecMultiModel(config_from_dict(model_cfg), skip_ema=True)
-        target_length = network.cfg.modalities.image.target_length
-    elif name == "mae_image_classification":
-        model_cfg.setdefault("data", "")
-        network = MaeImageClassificationModel(OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig),
-                                                              model_cfg))
-        target_length = network.cfg.target_length
-    else:
-        raise ValueError(f"{path}: model {name!r} is not an EAT model (data2vec_multi / mae_image_classification)")
-    weights = dict(state["model"])
-    network.upgrade_state_dict_named(weights, "")
-    network.load_state_dict(weights, strict=True)
-    if isinstance(network, Data2VecMultiModel):
-        network.remove_pretraining_modules()
-    return network, target_length
-
-
-def _training_norm(cfg) -> NormStats:
-    task = cfg.get("task") or {}
-    if task.get("norm_mean") is not None and task.get("norm_std") is not None:
-        return resolve_norm_stats((task["norm_mean"], task["norm_std"]))
-    if task.get("esc50_eval"):
-        return resolve_norm_stats("esc50")
-    if task.get("spcv2_eval"):
-        return resolve_norm_stats("spcv2")
-    return resolve_norm_stats("audioset")
 
 
 def _label_names(state: dict, labels: Optional[Union[str, Path]], num_classes: int) -> Optional[List[str]]:

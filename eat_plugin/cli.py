@@ -25,7 +25,8 @@ import soundfile as sf
 import torch
 
 from eat_plugin.api import EATModel, load_model
-from eat_plugin.data.fbank import NORM_STATS, AudioError, check_target_length
+from eat_plugin.data.fbank import AudioError, resolve_norm_stats
+from eat_plugin.layout import check_target_length
 from eat_plugin.data.manifest import ManifestError, read_manifest
 from eat_plugin.data.prepare import AUDIO_EXTENSIONS, progress
 
@@ -80,16 +81,10 @@ def _target_length(text: str) -> int:
 
 
 def _norm(text: str):
-    if "," not in text:
-        if text not in NORM_STATS:
-            raise argparse.ArgumentTypeError(f"unknown statistics {text!r}; expected one of {sorted(NORM_STATS)} "
-                                             f"or MEAN,STD")
-        return text
     try:
-        mean, std = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME or MEAN,STD (e.g. -4.268,4.569), got {text!r}") from None
-    return mean, std
+        return resolve_norm_stats(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -47,15 +47,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
 from eat_plugin.checkpoint_cfg import to_official_layout
 from eat_plugin.checkpoint import load_checkpoint
-from eat_plugin.data.fbank import NUM_MEL_BINS, PATCH_FRAMES, check_target_length
+from eat_plugin.layout import NUM_MEL_BINS, PATCH_FRAMES, check_target_length
 from eat_plugin.data.manifest import read_label_descriptors
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
-from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig, backbone_config
+from eat_plugin.models.keys import ENCODER, FINETUNED_PREFIX, POSITIONS, pretraining_only_part, upgrade_legacy_keys
+from eat_plugin.models.mae_image_classification import backbone_config, classifier_config
 from eat_plugin.models.pretraining_config import check_supported, config_from_dict
 from eat_plugin.official_fields import PRETRAINING, REFUSED
 from eat_plugin.official_configs import checkpoint_cfg, finetuning_cfg, pretraining_cfg, split_template
@@ -68,12 +68,11 @@ PathLike = Union[str, Path]
 # ---------------------------------------------------------------------------------------------------
 # key names and shapes
 
-ENCODER = "modality_encoders.IMAGE."  # the official (data2vec) name of the spectrogram encoder
 _ENCODER_KEYS = {  # fairseq backbone key -> HF key, in the official checkpoint order
     ENCODER + "extra_tokens": "model.extra_tokens",
     ENCODER + "local_encoder.proj.weight": "model.local_encoder.proj.weight",
     ENCODER + "local_encoder.proj.bias": "model.local_encoder.proj.bias",
-    ENCODER + "fixed_positional_encoder.positions": "model.fixed_positional_encoder.positions",
+    POSITIONS: "model.fixed_positional_encoder.positions",
     ENCODER + "context_encoder.norm.weight": "model.pre_norm.weight",
     ENCODER + "context_encoder.norm.bias": "model.pre_norm.bias",
 }
@@ -81,8 +80,6 @@ BLOCK_PARAMS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias"
                 "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
                 "mlp.fc2.weight", "mlp.fc2.bias")
 HEAD_PARAMS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
-_PRETRAINING_ONLY = ({"_ema", "center", ENCODER + "encoder_mask"}, (ENCODER + "decoder.", "recon_proj.", "cls_proj."))
-_LEGACY_POSITIONS = ENCODER + "positional_encoder.pos_embed"  # pre-2024 name of the positions table
 
 
 def key_map(depth: int, finetuned: bool) -> Dict[str, str]:
@@ -91,7 +88,7 @@ def key_map(depth: int, finetuned: bool) -> Dict[str, str]:
     names.update({f"blocks.{i}.{p}": f"model.blocks.{i}.{p}" for i in range(depth) for p in BLOCK_PARAMS})
     if not finetuned:
         return names
-    names = {f"model.{k}": v for k, v in names.items()}  # the classifier holds the backbone at `model`
+    names = {FINETUNED_PREFIX + k: v for k, v in names.items()}  # the classifier holds the backbone at `model`
     names.update({p: f"model.{p}" for p in HEAD_PARAMS})
     return names
 
@@ -188,14 +185,6 @@ def eat_config(values: Mapping[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # fairseq -> HF
 
-def _classifier_config(model: Mapping[str, Any]):
-    """A stored ``mae_image_classification`` model cfg as the typed config (unknown keys dropped)."""
-    known = set(MaeImageClassificationConfig.__dataclass_fields__)
-    values = {k: v for k, v in model.items() if k in known}
-    values.setdefault("data", "")
-    return OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), values)
-
-
 def _source_backbone(cfg: Mapping[str, Any]) -> Tuple[bool, Any]:
     """``(finetuned, backbone Data2VecMultiConfig)`` of a checkpoint cfg; refuses what HF cannot express."""
     model = cfg.get("model") or {}
@@ -203,7 +192,7 @@ def _source_backbone(cfg: Mapping[str, Any]) -> Tuple[bool, Any]:
     if name == "data2vec_multi":
         finetuned, backbone = False, config_from_dict(model)
     elif name == "mae_image_classification":
-        classifier = _classifier_config(model)
+        classifier = classifier_config(model)
         if classifier.pretrained_model_args is None:
             raise ValueError("the fine-tuned checkpoint has no cfg.model.pretrained_model_args "
                              "(the pre-training config)")
@@ -229,20 +218,16 @@ def _source_backbone(cfg: Mapping[str, Any]) -> Tuple[bool, Any]:
 
 def _without_pretraining_parts(weights: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
     """Drop decoder / teacher / pre-training heads (logged); rename the legacy positions key."""
-    exact, prefixes = _PRETRAINING_ONLY
     kept, dropped = {}, {}
     for key, value in weights.items():
-        name = key[len(prefix):] if key.startswith(prefix) else key
-        part = name if name in exact else next((p for p in prefixes if name.startswith(p)), None)
+        part = pretraining_only_part(key[len(prefix):] if key.startswith(prefix) else key)
         if part is None:
             kept[key] = value
         else:
             dropped[part] = dropped.get(part, 0) + 1
-    legacy = prefix + _LEGACY_POSITIONS
-    if legacy in kept:
-        kept[prefix + ENCODER + "fixed_positional_encoder.positions"] = kept.pop(legacy)
+    upgrade_legacy_keys(kept, prefix)
     if dropped:
-        parts = ", ".join(f"{part.rstrip('.')}{'*' if part in prefixes else ''} ({n} tensors)" if n > 1 else part
+        parts = ", ".join(f"{part.rstrip('.')}{'*' if part.endswith('.') else ''} ({n} tensors)" if n > 1 else part
                           for part, n in dropped.items())
         logger.info(f"dropped, not in the HF model (pre-training only): {parts}")
     return kept
@@ -255,7 +240,7 @@ def fairseq_to_hf(state: Mapping[str, Any]) -> Tuple[Dict[str, Tensor], Dict[str
     (``mae_image_classification``): backbone + ``fc_norm`` + ``head``. Tensors are not copied.
     """
     finetuned, backbone = _source_backbone(checkpoint_cfg(state))
-    weights = _without_pretraining_parts(state["model"], "model." if finetuned else "")
+    weights = _without_pretraining_parts(state["model"], FINETUNED_PREFIX if finetuned else "")
     head = weights.get("head.weight")
     num_classes = int(head.shape[0]) if finetuned and head is not None else EAT_CONFIG_DEFAULTS["num_classes"]
     image = backbone.modalities.image

@@ -17,7 +17,7 @@ from fairseq.dataclass.configs import FairseqConfig
 from fairseq.dataclass.initialize import add_defaults
 from omegaconf import OmegaConf
 
-from eat_plugin.data.fbank import PATCH_FRAMES
+from eat_plugin.layout import PATCH_FRAMES
 from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig
 from eat_plugin.tasks.classification import MaeImageClassificationConfig as ClassificationTaskConfig

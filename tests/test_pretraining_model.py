@@ -15,7 +15,7 @@ from eat_plugin.modules.attention import set_fused_attention
 from eat_plugin.modules.block import PostLNBlock
 from eat_plugin.modules.ema import annealed_decay
 from eat_plugin.modules.encoder import sincos_pos_table
-from eat_plugin.modules.masking import compute_block_mask_2d, make_mask_info, num_visible_patches
+from eat_plugin.masking import compute_block_mask_2d, make_mask_info, num_visible_patches
 
 
 def tiny_config(**overrides) -> Data2VecMultiConfig:

@@ -1,14 +1,7 @@
 """Data side of EAT: the fbank front end, manifests, datasets and augmentation."""
 
-from eat_plugin.data.fbank import (  # noqa: F401
-    NORM_STATS,
-    SAMPLE_RATE,
-    AudioError,
-    FbankFrontEnd,
-    NormStats,
-    check_target_length,
-    read_audio,
-)
+from eat_plugin.data.fbank import NORM_STATS, AudioError, FbankFrontEnd, NormStats, read_audio  # noqa: F401
+from eat_plugin.layout import SAMPLE_RATE, check_target_length  # noqa: F401
 from eat_plugin.data.manifest import (  # noqa: F401
     Clip,
     LabelDescriptors,

@@ -36,16 +36,8 @@ import numpy as np
 
 from eat_plugin.data import prepare
 from eat_plugin.data.custom_inputs import Entry, Listing, normalise_labels
-from eat_plugin.data.fbank import (
-    PATCH_FRAMES,
-    SAMPLE_RATE,
-    AudioError,
-    num_fbank_frames,
-    pad_or_crop,
-    read_audio,
-    to_mono_16k,
-    wave_to_fbank,
-)
+from eat_plugin.data.fbank import AudioError, num_fbank_frames, pad_or_crop, read_audio, to_mono_16k, wave_to_fbank
+from eat_plugin.layout import PATCH_FRAMES, SAMPLE_RATE
 from eat_plugin.data.manifest import Clip
 from eat_plugin.data.prepare import LayoutError, Skipped, SplitScan
 

@@ -23,18 +23,11 @@ import torch
 from fairseq.data import FairseqDataset
 
 from eat_plugin.data.augment import noise_and_time_roll, roll_and_gain
-from eat_plugin.data.fbank import (
-    NUM_MEL_BINS,
-    PATCH_FRAMES,
-    AudioError,
-    FbankFrontEnd,
-    NormStats,
-    read_audio,
-    to_mono_16k,
-)
+from eat_plugin.data.fbank import AudioError, FbankFrontEnd, NormStats, read_audio, to_mono_16k
 from eat_plugin.data.hdf5 import read_h5_audio, split_h5_path
 from eat_plugin.data.manifest import LabelDescriptors, ManifestError, read_labels, read_manifest
-from eat_plugin.modules.masking import compute_block_mask_2d
+from eat_plugin.layout import NUM_MEL_BINS, PATCH_FRAMES
+from eat_plugin.masking import compute_block_mask_2d
 from eat_plugin.seeding import MASK_STREAM, keyed_generator
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import soundfile as sf
@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-SAMPLE_RATE = 16000
-NUM_MEL_BINS = 128
+from eat_plugin.layout import NUM_MEL_BINS, SAMPLE_RATE, check_target_length  # noqa: F401  (re-exported)
+
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
 WINDOW_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400
 HOP_SAMPLES = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160
-PATCH_FRAMES = 16  # the patch grid is 16 x 16: target_length must be a multiple of this
 
 
 class AudioError(ValueError):
@@ -53,19 +52,6 @@ NORM_STATS = {
     "esc50": NormStats(-6.627, 5.359),
     "spcv2": NormStats(-6.846, 5.565),
 }
-
-
-def check_target_length(target_length: int, field: str = "target_length") -> int:
-    """Raise a clear error unless ``target_length`` is a positive multiple of 16 frames."""
-    if isinstance(target_length, bool) or not isinstance(target_length, (int, np.integer)):
-        raise ValueError(f"{field} must be an integer number of fbank frames, got {target_length!r}")
-    if target_length <= 0 or target_length % PATCH_FRAMES != 0:
-        raise ValueError(
-            f"{field}={target_length} is not a positive multiple of {PATCH_FRAMES}: the model cuts the "
-            f"spectrogram into {PATCH_FRAMES}x{PATCH_FRAMES} patches (e.g. 1024 for 10 s, 512 for 5 s, "
-            f"128 for 1 s)"
-        )
-    return int(target_length)
 
 
 def check_sample_rate(sample_rate, source: str = "audio") -> int:
@@ -297,9 +283,17 @@ def normalize(fbank: torch.Tensor, stats: NormStats) -> torch.Tensor:
 
 
 def resolve_norm_stats(norm: Union[str, NormStats, Tuple[float, float], None]) -> NormStats:
-    """Accept a dataset name (``audioset``, ``esc50``, ``spcv2``), a ``NormStats`` or ``(mean, std)``."""
+    """Accept a dataset name (``audioset``, ``esc50``, ``spcv2``), a ``NormStats``, ``(mean, std)`` or the
+    text ``"NAME"`` / ``"MEAN,STD"`` (command lines); ``None`` is AudioSet. ``ValueError`` otherwise."""
     if norm is None:
         return NORM_STATS["audioset"]
+    if isinstance(norm, str) and "," in norm:
+        try:
+            norm = tuple(float(v) for v in norm.split(","))
+        except ValueError:
+            raise ValueError(f"expected NAME or MEAN,STD (e.g. -4.268,4.569), got {norm!r}") from None
+        if len(norm) != 2:
+            raise ValueError(f"expected NAME or MEAN,STD (e.g. -4.268,4.569), got {','.join(map(str, norm))!r}")
     if isinstance(norm, NormStats):
         stats = norm
     elif isinstance(norm, str):
@@ -312,6 +306,35 @@ def resolve_norm_stats(norm: Union[str, NormStats, Tuple[float, float], None]) -
     if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
         raise ValueError(f"normalisation needs a finite mean and a positive std, got {stats}")
     return stats
+
+
+def training_norm_stats(task: Any, prefix: str = "task") -> NormStats:
+    """The statistics a training run normalises with, from its task config (a dataclass, a DictConfig or
+    a checkpoint's plain dict; missing keys read as unset): ``norm_mean`` / ``norm_std`` when given, else
+    ESC-50 with ``esc50_eval``, Speech Commands v2 with ``spcv2_eval``, else AudioSet (reference §5.2).
+
+    The one rule for the tasks, the Python API, the scripts and the HF conversion. ``ValueError`` names
+    ``{prefix}.<field>`` for a contradictory or invalid combination.
+    """
+    def get(key):
+        return task.get(key) if hasattr(task, "get") else getattr(task, key, None)
+
+    esc50, spcv2, mean, std = bool(get("esc50_eval")), bool(get("spcv2_eval")), get("norm_mean"), get("norm_std")
+    if esc50 and spcv2:
+        raise ValueError(f"{prefix}.esc50_eval and {prefix}.spcv2_eval are both true; set at most one")
+    if (mean is None) != (std is None):
+        missing = "norm_std" if std is None else "norm_mean"
+        raise ValueError(f"{prefix}.{missing} is unset: give both {prefix}.norm_mean and {prefix}.norm_std, or neither")
+    if mean is not None:
+        if esc50 or spcv2:
+            flag = "esc50_eval" if esc50 else "spcv2_eval"
+            raise ValueError(f"{prefix}.norm_mean/norm_std and {prefix}.{flag} both choose the statistics; set one")
+        if not math.isfinite(float(mean)):
+            raise ValueError(f"{prefix}.norm_mean={mean!r}: expected a finite number")
+        if not (math.isfinite(float(std)) and float(std) > 0):
+            raise ValueError(f"{prefix}.norm_std={std!r}: expected a finite positive number")
+        return NormStats(float(mean), float(std))
+    return NORM_STATS["esc50" if esc50 else "spcv2" if spcv2 else "audioset"]
 
 
 class FbankFrontEnd:

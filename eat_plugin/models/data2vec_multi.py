@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,21 +24,21 @@ from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
 
-from eat_plugin.data.fbank import check_target_length
+from eat_plugin.layout import FREQ_PATCHES, check_target_length
 from eat_plugin.losses import compute_var, dino_loss, normalized_pixels, regression_loss, teacher_targets
+from eat_plugin.models.keys import MODALITY, upgrade_legacy_keys
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
 from eat_plugin.models.state_check import check_state_matches
 from eat_plugin.modules.block import PostLNBlock
 from eat_plugin.modules.decoder import CNNDecoder
 from eat_plugin.modules.ema import EMATeacher, annealed_decay
-from eat_plugin.modules.encoder import MEL_BINS, AudioEncoder
-from eat_plugin.modules.masking import MaskInfo, compute_block_mask_2d, make_mask_info, num_visible_patches
+from eat_plugin.modules.encoder import AudioEncoder
+from eat_plugin.masking import MaskInfo, compute_block_mask_2d, make_mask_info, num_visible_patches
 from eat_plugin.seeding import NOISE_STREAM, keyed_generator
 
 logger = logging.getLogger(__name__)
 
 PRETRAINING_KIND = "a pre-training (data2vec_multi) checkpoint"
-MODALITY = "IMAGE"  # the official (data2vec) name of the spectrogram encoder; kept for checkpoint keys
 
 
 def no_weight_decay() -> dict:
@@ -59,7 +59,7 @@ def build_audio_encoder(cfg: Data2VecMultiConfig) -> AudioEncoder:
     prenet_dpr = np.linspace(image.start_drop_path_rate, image.end_drop_path_rate, image.prenet_depth)
     decoder = CNNDecoder(
         cfg.embed_dim, image.decoder.decoder_dim, image.decoder.decoder_groups, image.decoder.decoder_kernel,
-        image.decoder.decoder_layers, image.target_length // image.patch_size, MEL_BINS // image.patch_size,
+        image.decoder.decoder_layers, image.target_length // image.patch_size, FREQ_PATCHES,
         residual=image.decoder.decoder_residual,
     )
     return AudioEncoder(
@@ -184,11 +184,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         return super().load_state_dict(state_dict, strict, model_cfg, args)
 
     def upgrade_state_dict_named(self, state_dict, name):
-        prefix = f"{name}." if name else ""
-        legacy = prefix + "modality_encoders.IMAGE.positional_encoder.pos_embed"  # pre-2024 checkpoints
-        if legacy in state_dict:
-            state_dict[prefix + "modality_encoders.IMAGE.fixed_positional_encoder.positions"] = state_dict.pop(legacy)
-        state_dict.pop(prefix + "modality_encoders.IMAGE.encoder_mask", None)
+        upgrade_legacy_keys(state_dict, f"{name}." if name else "")
         super().upgrade_state_dict_named(state_dict, name)
 
     # ------------------------------------------------------------------ EMA schedule
@@ -273,7 +269,7 @@ class Data2VecMultiModel(BaseFairseqModel):
     def _mask_info(self, precomputed_mask: Optional[Tensor], rows: int, num_patches: int, device) -> MaskInfo:
         image = self.cfg.modalities.image
         if precomputed_mask is None:
-            grid = (num_patches // (MEL_BINS // image.patch_size), MEL_BINS // image.patch_size)
+            grid = (num_patches // FREQ_PATCHES, FREQ_PATCHES)  # (time, frequency) patches
             precomputed_mask = compute_block_mask_2d((rows, num_patches), image.mask_prob, image.mask_length,
                                                      image.mask_prob_adjust, image.inverse_mask, True, grid)
         elif tuple(precomputed_mask.shape) != (rows, num_patches):
@@ -292,7 +288,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         """Visible outputs back in place, N(0, mask_noise_std) noise at masked patches, then the CNN decoder."""
         encoder = self.modality_encoders[MODALITY]
         visible = student[:, encoder.num_extra_tokens:]  # (R, N_keep, D)
-        rows, dim = visible.size(0), visible.size(-1)
+        rows = visible.size(0)
         full = self._mask_token_noise(visible, rows, info.num_patches, clip_ids)  # (R, N, D)
         row_index = torch.arange(rows, device=visible.device).unsqueeze(1)  # (R, 1)
         full = full.index_put((row_index, info.ids_keep), visible)  # (R, N, D)
@@ -396,6 +392,19 @@ class Data2VecMultiModel(BaseFairseqModel):
         if not keep_decoder:
             for encoder in self.modality_encoders.values():
                 encoder.decoder = None
+
+
+def student_encoder(cfg: Data2VecMultiConfig, weights: Optional[Mapping[str, Any]] = None) -> Data2VecMultiModel:
+    """The pre-trained student without teacher, decoder and pre-training heads (features, fine-tuning).
+
+    ``weights``: a pre-training state dict, loaded strictly (legacy key names renamed, ``_ema`` dropped;
+    ``CheckpointMismatchError`` for another kind or size); ``None`` keeps the fresh initialisation.
+    """
+    model = Data2VecMultiModel(cfg, skip_ema=True)
+    if weights is not None:
+        model.load_state_dict(dict(weights), strict=True)
+    model.remove_pretraining_modules()
+    return model
 
 
 def _check_mode_and_padding(mode, padding_mask: Optional[Tensor]) -> None:

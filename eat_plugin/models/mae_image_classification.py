@@ -16,7 +16,7 @@ the global RNG (the same on every rank); its partners are in the rank's own batc
 import logging
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II, MISSING, DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from eat_plugin.data.fbank import NUM_MEL_BINS, check_target_length
+from eat_plugin.layout import NUM_MEL_BINS, check_target_length
 from eat_plugin.losses import binary_cross_entropy, cross_entropy, label_vectors, soft_target_cross_entropy
-from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay
+from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay, student_encoder
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, config_from_dict
 from eat_plugin.models.state_check import check_state_matches
 from eat_plugin.modules.batch_augment import MIXUP_PAIRS, SPEC_AUGMENT_DRAWS, BatchMixup, spec_augment
@@ -322,10 +322,14 @@ def backbone_config(cfg: MaeImageClassificationConfig, args) -> Data2VecMultiCon
 def build_backbone(cfg: MaeImageClassificationConfig) -> Data2VecMultiModel:
     """Build the pre-trained backbone, load its weights strictly (first build), drop pre-training parts."""
     args, state = pretrained_args(cfg)
-    backbone = Data2VecMultiModel(backbone_config(cfg, args), skip_ema=True)
-    if state is not None and not cfg.no_pretrained_weights:
-        weights = dict(state["model"])
-        backbone.upgrade_state_dict_named(weights, "")  # legacy position-table key names
-        backbone.load_state_dict(weights, strict=True)  # `_ema` is dropped: no teacher here
-    backbone.remove_pretraining_modules()
-    return backbone
+    weights = state["model"] if state is not None and not cfg.no_pretrained_weights else None
+    return student_encoder(backbone_config(cfg, args), weights)
+
+
+def classifier_config(model_cfg: Mapping[str, Any]) -> MaeImageClassificationConfig:
+    """A stored ``mae_image_classification`` model cfg as the typed config; keys this version does not
+    declare are dropped (as fairseq does when it builds a model)."""
+    known = set(MaeImageClassificationConfig.__dataclass_fields__)
+    values = {k: v for k, v in model_cfg.items() if k in known}
+    values.setdefault("data", "")
+    return OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), values)

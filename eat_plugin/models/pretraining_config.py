@@ -10,7 +10,7 @@ non-default value of an unimplemented feature into a clear error at build time.
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, auto
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 import logging
 

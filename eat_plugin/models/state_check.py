@@ -14,7 +14,9 @@ from typing import Iterable, List, Mapping, Tuple
 
 from torch import nn
 
-PRETRAINING_MARK = "modality_encoders.IMAGE.local_encoder.proj.weight"  # the patch conv of data2vec_multi
+from eat_plugin.models.keys import FINETUNED_PREFIX, PATCH_EMBEDDING
+
+PRETRAINING_MARK = PATCH_EMBEDDING  # the patch conv of data2vec_multi
 FINETUNED_MARK = "head.weight"
 SHOWN = 3
 
@@ -26,7 +28,7 @@ class CheckpointMismatchError(RuntimeError):  # what torch's strict load_state_d
 def checkpoint_kind(keys: Iterable[str]) -> str:
     """How ``check_state_matches`` names the kind of a state dict with these keys."""
     keys = set(keys)
-    if FINETUNED_MARK in keys and any(k.startswith("model.") for k in keys):
+    if FINETUNED_MARK in keys and any(k.startswith(FINETUNED_PREFIX) for k in keys):
         return "a fine-tuned (mae_image_classification) checkpoint"
     if PRETRAINING_MARK in keys:
         return "a pre-training (data2vec_multi) checkpoint"
@@ -64,7 +66,7 @@ def check_state_matches(model: nn.Module, state: Mapping[str, object], expected_
                 f"{where}the checkpoint has no EMA teacher ('_ema'), which resuming pre-training needs: it was saved "
                 f"without one (remove_pretraining_modules / skip_ema); fine-tune from it instead")
         return
-    prefix = "model." if expected_kind.startswith("a fine-tuned") else ""
+    prefix = FINETUNED_PREFIX if expected_kind.startswith("a fine-tuned") else ""
     details = []
     ours, theirs = _depth(own_keys, prefix), _depth(given, prefix)
     if ours != theirs:

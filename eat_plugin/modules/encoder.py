@@ -17,9 +17,9 @@ import torch
 from fairseq.modules import GradMultiply
 from torch import Tensor, nn
 
+from eat_plugin.layout import NUM_MEL_BINS
 from eat_plugin.modules.block import PostLNBlock
 
-MEL_BINS = 128
 
 
 def sincos_pos_table(dim: int, grid_h: int, grid_w: int) -> Tensor:
@@ -124,7 +124,7 @@ class AudioEncoder(nn.Module):
     ):
         super().__init__()
         self.patch_size = patch_size
-        self.grid_w = MEL_BINS // patch_size
+        self.grid_w = NUM_MEL_BINS // patch_size
         self.grid_h = target_length // patch_size
         self.num_extra_tokens = num_extra_tokens
         self.local_grad_mult = local_grad_mult
@@ -143,8 +143,8 @@ class AudioEncoder(nn.Module):
 
     def embed(self, source: Tensor) -> Tensor:
         """``(B, 1, T, 128)`` -> patch tokens with positions ``(B, N, D)``."""
-        if source.dim() != 4 or source.size(1) != 1 or source.size(3) != MEL_BINS:
-            raise ValueError(f"expected fbank input of shape (B, 1, T, {MEL_BINS}), got {tuple(source.shape)}")
+        if source.dim() != 4 or source.size(1) != 1 or source.size(3) != NUM_MEL_BINS:
+            raise ValueError(f"expected fbank input of shape (B, 1, T, {NUM_MEL_BINS}), got {tuple(source.shape)}")
         if self.local_grad_mult == 0:
             with torch.no_grad():
                 x = self.local_encoder(source)  # (B, N, D)

@@ -11,7 +11,6 @@ image size of that legacy code: the input is ``(target_length, 128)``.
 
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -21,7 +20,8 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from eat_plugin.data.datasets import BlockMaskSpec, FbankDataset
-from eat_plugin.data.fbank import NORM_STATS, PATCH_FRAMES, NormStats, check_target_length
+from eat_plugin.data.fbank import training_norm_stats
+from eat_plugin.layout import PATCH_FRAMES, check_target_length
 from eat_plugin.tasks.faults import TrainingFaults
 from eat_plugin.official_fields import TASK, check_refused
 
@@ -90,30 +90,6 @@ class MaeImagePretrainingConfig(FairseqDataclass):
     )
 
 
-def norm_stats(cfg: MaeImagePretrainingConfig) -> NormStats:
-    """AudioSet statistics, ESC-50 with ``esc50_eval``, SPCv2 with ``spcv2_eval``, or ``norm_mean``/``norm_std``."""
-    if cfg.esc50_eval and cfg.spcv2_eval:
-        raise ValueError("task.esc50_eval and task.spcv2_eval are both true; set at most one")
-    if (cfg.norm_mean is None) != (cfg.norm_std is None):
-        missing = "norm_std" if cfg.norm_std is None else "norm_mean"
-        raise ValueError(f"task.{missing} is unset: give both task.norm_mean and task.norm_std, or neither")
-    if cfg.norm_mean is not None:
-        if cfg.esc50_eval or cfg.spcv2_eval:
-            flag = "esc50_eval" if cfg.esc50_eval else "spcv2_eval"
-            raise ValueError(f"task.norm_mean/norm_std and task.{flag} both choose the statistics; set one")
-        mean, std = float(cfg.norm_mean), float(cfg.norm_std)
-        if not math.isfinite(mean):
-            raise ValueError(f"task.norm_mean={cfg.norm_mean!r}: expected a finite number")
-        if not (math.isfinite(std) and std > 0):
-            raise ValueError(f"task.norm_std={cfg.norm_std!r}: expected a finite positive number")
-        return NormStats(mean, std)
-    if cfg.esc50_eval:
-        return NORM_STATS["esc50"]
-    if cfg.spcv2_eval:
-        return NORM_STATS["spcv2"]
-    return NORM_STATS["audioset"]
-
-
 def block_mask_spec(mask_cfg: Optional[ImageMaskingConfig]) -> Optional[BlockMaskSpec]:
     """``precompute_mask_config`` -> ``BlockMaskSpec`` (None when masks are computed in the model)."""
     if mask_cfg is None:
@@ -147,7 +123,7 @@ def check_config(cfg: MaeImagePretrainingConfig) -> None:
         raise ValueError(f"task.{flag}=true samples the train split by weight: set task.weights_file")
     if cfg.num_samples < 1:
         raise ValueError(f"task.num_samples={cfg.num_samples}: expected a positive number of clips per epoch")
-    norm_stats(cfg)
+    training_norm_stats(cfg)
     block_mask_spec(cfg.precompute_mask_config)
 
 
@@ -212,7 +188,7 @@ class MaeImagePretrainingTask(FairseqTask):
         return dict(
             manifest_path=Path(cfg.data) / f"{split}.tsv",
             target_length=cfg.target_length,
-            norm=norm_stats(cfg),
+            norm=training_norm_stats(cfg),
             min_sample_size=cfg.min_sample_size,
             key=cfg.key,
             roll_aug=train and cfg.roll_aug,
