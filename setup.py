@@ -34,7 +34,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["eat_plugin", "eat_plugin.*"]),
+    # the recipes under config/ travel with the package as eat_plugin/recipes (read by official_configs)
+    packages=find_packages(include=["eat_plugin", "eat_plugin.*"]) + ["eat_plugin.recipes"],
+    package_dir={"eat_plugin.recipes": "config"},
+    package_data={"eat_plugin.recipes": ["*.md", "pretraining/*.yaml", "finetuning/*.yaml"]},
     install_requires=pinned(RUNTIME),
     extras_require={"test": pinned(TEST)},
 )

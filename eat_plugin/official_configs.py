@@ -6,16 +6,19 @@ checkpoint stores the complete cfg of its run (§9.1 / §9.2: ``cfg``, and a fin
 released checkpoints' recipes: EAT-base pre-training (§6.1), EAT-large (§6.2) and AS-2M fine-tuning
 (§6.3), with the defaults of the registered model / task dataclasses (§2) filled in, as
 ``fairseq-hydra-train`` does. A template cfg (e.g. another checkpoint's) can replace recipe values.
+The recipes are read from their one copy, the YAML files under ``config/`` (setup.py installs them with
+the package as ``eat_plugin/recipes``).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from fairseq.dataclass.configs import FairseqConfig
 from fairseq.dataclass.initialize import add_defaults
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from eat_plugin.layout import PATCH_FRAMES
 from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig
@@ -33,76 +36,49 @@ def checkpoint_cfg(state: Mapping[str, Any]) -> Dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, enum_to_str=True)
 
 
-_OPTIMIZER = {"_name": "composite", "dynamic_groups": True, "groups": {"default": {
-    "lr_float": 0.0005, "optimizer": {"_name": "adam", "adam_betas": [0.9, 0.95], "weight_decay": 0.05},
-    "lr_scheduler": {"_name": "cosine", "warmup_updates": 53333}}}}
+def recipes_dir() -> Path:
+    """The recipe folder: ``config/`` of the checkout, or the copy an installed package carries."""
+    for candidate in (Path(__file__).resolve().parent.parent / "config", Path(__file__).resolve().parent / "recipes"):
+        if (candidate / "pretraining" / "base.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"the official recipe files (config/pretraining/base.yaml, ...) are not next to "
+                            f"{Path(__file__).resolve().parent}; reinstall eat-fairseq, or pass a template cfg")
+
+
+def recipe_sections(kind: str, name: str) -> Dict[str, Any]:
+    """``config/<kind>/<name>.yaml`` as plain cfg sections: a section given by name (``lr_scheduler:
+    pass_through``) becomes ``{"_name": ...}``, mandatory values (``???``: paths) are left out."""
+    path = recipes_dir() / kind / f"{name}.yaml"
+    recipe = OmegaConf.load(path)
+    sections = {}
+    for section in recipe:
+        value = recipe[section]
+        if isinstance(value, str):
+            sections[section] = {"_name": value}
+        elif isinstance(value, DictConfig):
+            sections[section] = {k: OmegaConf.to_container(value, resolve=False)[k] for k in value
+                                 if not OmegaConf.is_missing(value, k)}
+        else:
+            sections[section] = value
+    return sections
 
 
 def official_pretraining_sections(large: bool = False) -> Dict[str, Any]:
-    """The official EAT-base pre-training recipe (§6.1), or EAT-large's (§6.2), as cfg sections."""
-    lr = 0.0004 if large else 0.0005
-    optimizer = copy.deepcopy(_OPTIMIZER)
-    optimizer["groups"]["default"]["lr_float"] = lr
-    decoder = {"decoder_dim": 1024 if large else 768, "decoder_groups": 16, "decoder_kernel": 5 if large else 3,
-               "decoder_layers": 3 if large else 6, "input_dropout": 0.0}
-    image = {"in_chans": 1, "inverse_mask": True, "mask_prob": 0.75 if large else 0.8,
-             "mask_prob_adjust": 0.1 if large else 0.07, "mask_length": 5, "mask_noise_std": 0.01, "prenet_depth": 0,
-             "ema_local_encoder": True, "num_extra_tokens": 1, "init_extra_token_zero": False,
-             "use_alibi_encoder": False, "decoder": decoder}
-    model = {"_name": "data2vec_multi", "ema_decay": 0.9998, "ema_end_decay": 0.99999,
-             "ema_anneal_end_step": 150000 if large else 100000, "instance_norm_target_layer": True,
-             "layer_norm_target_layer": False, "layer_norm_targets": True, "end_of_block_targets": False,
-             "depth": 24 if large else 12, "average_top_k_layers": 24 if large else 12, "clone_batch": 16,
-             "norm_eps": 1e-6, "min_target_var": 0.0, "min_pred_var": 0.0, "encoder_dropout": 0.0,
-             "post_mlp_drop": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "supported_modality": "IMAGE",
-             "cls_loss": 1.0, "ema_encoder_only": False, "modalities": {"image": image}}
-    return {
-        "common": {"fp16": True, "log_format": "json", "log_interval": 200, "min_loss_scale": 1e-6,
-                   "fp16_no_flatten_grads": True, "seed": 1},
-        "checkpoint": {"save_interval": 1, "save_interval_updates": 10000, "keep_interval_updates": 1,
-                       "no_epoch_checkpoints": True},
-        "task": {"_name": "mae_image_pretraining", "data": "data", "rebuild_batches": True, "key": "source",
-                 "precompute_mask_config": {}, "downsr_16hz": True, "audio_mae": True, "h5_format": False,
-                 "target_length": 1024, "flexible_mask": False},
-        "dataset": {"num_workers": 10, "batch_size": 12, "skip_invalid_size_inputs_valid_test": True,
-                    "required_batch_size_multiple": 1, "disable_validation": True},
-        "distributed_training": {"distributed_world_size": 4, "ddp_backend": "c10d"},
-        "criterion": {"_name": "model", "log_keys": ["ema_decay", "target_var", "pred_var", "model_norm", "ema_norm",
-                                                     "masked_pct"]},
-        "optimization": {"max_update": 400000, "lr": [lr], "debug_param_names": True, "clip_norm": 4.0},
-        "optimizer": optimizer,
-        "lr_scheduler": {"_name": "pass_through"},
-        "model": model,
-    }
+    """The official EAT-base pre-training recipe (§6.1), or EAT-large's (§6.2): ``config/pretraining/``
+    ``base.yaml`` / ``large.yaml``, the one copy of them."""
+    sections = recipe_sections("pretraining", "large" if large else "base")
+    sections["task"]["data"] = "data"
+    return sections
 
 
 def official_finetuning_sections() -> Dict[str, Any]:
-    """The official AS-2M fine-tuning recipe (§6.3 + finetuning_AS2M.sh, without its HDF5 / weighted
-    sampling data options) as cfg sections; ``model.pretrained_model_args`` is filled in later."""
-    optimizer = copy.deepcopy(_OPTIMIZER)
-    optimizer["groups"]["default"].update(lr_float=0.00005, lr_scheduler={
-        "_name": "cosine", "warmup_updates": 30000, "min_lr": 1e-6})
-    return {
-        "common": {"fp16": True, "log_format": "json", "log_interval": 200, "fp16_no_flatten_grads": True},
-        "checkpoint": {"save_interval": 1, "save_interval_updates": 10000, "keep_interval_updates": 1,
-                       "no_epoch_checkpoints": True, "best_checkpoint_metric": "mAP",
-                       "maximize_best_checkpoint_metric": True},
-        "task": {"_name": "mae_image_classification", "data": "data", "downsr_16hz": True, "audio_mae": True,
-                 "target_length": 1024, "roll_aug": True, "noise": False, "h5_format": False, "weights_file": "",
-                 "num_samples": 200000, "AS2M_finetune": False, "spcv1_finetune": False, "spcv2_eval": False,
-                 "esc50_eval": False},
-        "dataset": {"num_workers": 6, "batch_size": 96, "skip_invalid_size_inputs_valid_test": True,
-                    "required_batch_size_multiple": 2, "train_subset": "train", "valid_subset": "eval"},
-        "distributed_training": {"distributed_world_size": 1, "ddp_backend": "c10d"},
-        "criterion": {"_name": "model", "log_keys": ["_predictions", "_targets"]},
-        "optimization": {"max_update": 300000, "lr": [0.00005]},
-        "optimizer": optimizer,
-        "lr_scheduler": {"_name": "pass_through"},
-        "model": {"_name": "mae_image_classification", "model_path": "", "mixup": 0.8, "mixup_prob": 0.9,
-                  "audio_mae": True, "num_classes": 527, "specaug": True, "mask_ratio": 0.2,
-                  "prediction_mode": "CLS_TOKEN", "spcv2_eval": False, "esc50_eval": False, "target_length": 1024,
-                  "label_smoothing": 0.0, "freqm": 25, "timem": 200},
-    }
+    """The official AS-2M fine-tuning recipe (§6.3 + finetuning_AS2M.sh; ``config/finetuning/as2m.yaml``)
+    without its data options (HDF5 rows, weighted sampling: the data of a converted checkpoint is the
+    user's); ``model.pretrained_model_args`` is filled in later."""
+    sections = recipe_sections("finetuning", "as2m")
+    sections["task"].update(data="data", h5_format=False, weights_file="", AS2M_finetune=False)
+    sections["model"]["model_path"] = ""
+    return sections
 
 
 def _over(sections: Dict[str, Any], template: Optional[Mapping[str, Any]], typed: Mapping[str, type]) -> Dict[str, Any]:
