@@ -6,7 +6,7 @@
 * :func:`collect_inputs`: an audio file, a folder (recursive) or a manifest ``.tsv`` -> a list of :class:`AudioItem`;
 * :func:`map_batches`: several clips per forward pass; a clip that cannot be read is reported on its
   own while the others go on;
-* :func:`run_cli`: bad input is ``error: ...`` on stderr and exit status 1, without a traceback.
+* the error wrapper, progress bar and skip reasons come from :mod:`eat_plugin.console` (shared with the preparers).
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ import soundfile as sf
 import torch
 
 from eat_plugin.api import EATModel, load_model
+from eat_plugin.console import InputError, failure_reason, progress
 from eat_plugin.data.fbank import AudioError, resolve_norm_stats
 from eat_plugin.layout import check_target_length
-from eat_plugin.data.manifest import ManifestError, read_manifest
-from eat_plugin.data.prepare import AUDIO_EXTENSIONS, progress
+from eat_plugin.data.manifest import Manifest, ManifestError, read_manifest
+from eat_plugin.data.audio_files import AUDIO_EXTENSIONS, walk_audio_files
 
 # Errors of one clip (missing, unreadable, too short): reported for that clip, the others go on.
 CLIP_ERRORS = (AudioError, OSError, sf.SoundFileError)
 
 
-class CLIError(Exception):
+class CLIError(InputError):
     """Bad input; the message names the file and what was expected. Printed as ``error: ...`` (exit 1)."""
 
 
@@ -149,38 +150,30 @@ def check_label_names(model: EATModel, labels: Optional[Path]) -> None:
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def find_audio(folder: Path) -> List[Path]:
-    """Audio files under ``folder`` (recursive, any extension soundfile reads), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+def manifest_items(manifest: Manifest) -> List[AudioItem]:
+    """The clips of a manifest, in its row order (``CLIError`` for an empty one)."""
+    if not len(manifest):
+        raise CLIError(f"{manifest.path}: the manifest lists no clips")
+    return [AudioItem(manifest.audio_path(i), row.relpath) for i, row in enumerate(manifest.rows)]
 
 
 def collect_inputs(source: Path) -> List[AudioItem]:
     """An audio file, a folder (recursive) or a manifest ``.tsv`` -> the clips to process."""
     source = Path(source)
     if source.is_dir():
-        items = [AudioItem(p, p.relative_to(source).as_posix()) for p in find_audio(source)]
+        items = [AudioItem(p, p.relative_to(source).as_posix()) for p in walk_audio_files(source)[0]]
         if not items:
             raise CLIError(f"{source}: no audio files in this folder or below "
                            f"(looked for {', '.join(AUDIO_EXTENSIONS)})")
         return items
     if source.suffix == ".tsv":
-        manifest = read_manifest(source)  # ManifestError / FileNotFoundError name the line / file
-        if not len(manifest):
-            raise CLIError(f"{source}: the manifest lists no clips")
-        return [AudioItem(manifest.audio_path(i), row.relpath) for i, row in enumerate(manifest.rows)]
+        return manifest_items(read_manifest(source))  # ManifestError / FileNotFoundError name the line / file
     if not source.is_file():
         raise CLIError(f"{source}: not found; expected an audio file, a folder of audio files or a manifest .tsv")
     return [AudioItem(source, str(source))]
 
 
 # ----------------------------------------------------------------------------------------- batching
-
-
-def reason(err: Exception, path: Path) -> str:
-    """The error message without the leading ``path: ``."""
-    message = str(err) or type(err).__name__
-    prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def map_batches(items: Sequence[AudioItem], fn: Callable[[List[Path]], Sequence[Any]], batch_size: int,
@@ -208,7 +201,7 @@ def _run_batch(batch: List[AudioItem], fn) -> Iterator[Tuple[AudioItem, Any, Opt
             try:
                 output = fn([item.path])[0]
             except CLIP_ERRORS as err:
-                yield item, None, reason(err, item.path)
+                yield item, None, failure_reason(err, item.path)
             else:
                 yield item, output, None
         return
@@ -244,15 +237,3 @@ def open_text(dest: Path):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     return open(dest, "w", encoding="utf-8", newline="")
-
-
-def run_cli(run: Callable[[], int]) -> int:
-    """Run a script body: bad input is ``error: ...`` on stderr and status 1, Ctrl-C status 130, no traceback."""
-    try:
-        return run()
-    except (CLIError, ManifestError, AudioError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -40,7 +40,6 @@ Weights files use the safetensors format (``eat_plugin.safetensors_io``, no extr
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -52,7 +51,7 @@ from torch import Tensor
 from eat_plugin.checkpoint_cfg import to_official_layout
 from eat_plugin.checkpoint import load_checkpoint
 from eat_plugin.layout import NUM_MEL_BINS, PATCH_FRAMES, check_target_length
-from eat_plugin.data.manifest import read_label_descriptors
+from eat_plugin.data.manifest import read_label_descriptors, write_label_descriptors
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.keys import ENCODER, FINETUNED_PREFIX, POSITIONS, pretraining_only_part, upgrade_legacy_keys
 from eat_plugin.models.mae_image_classification import backbone_config, classifier_config
@@ -359,16 +358,13 @@ def load_hf(directory: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
     raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def write_label_descriptors(labels_csv: PathLike, directory: PathLike, num_classes: int) -> Tuple[Path, List[str]]:
-    """Check a class table (``index,id,name``, e.g. AudioSet's ``class_labels_indices.csv``) against
-    the model and write it as ``directory/label_descriptors.csv``; returns the path and the label ids."""
+def install_class_table(labels_csv: PathLike, directory: PathLike, num_classes: int) -> Tuple[Path, List[str]]:
+    """Check a class table (``index,id,name``, e.g. AudioSet's ``class_labels_indices.csv`` with its header
+    row) against the model and write it as ``directory/label_descriptors.csv`` in the one format
+    (``data.manifest.write_label_descriptors``); returns the path and the label ids."""
     descriptors = read_label_descriptors(labels_csv)
     if len(descriptors.ids) != num_classes:
         raise ValueError(f"{labels_csv}: {len(descriptors.ids)} classes, but the model has {num_classes} outputs")
     path = Path(directory) / "label_descriptors.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "mid", "display_name"])
-        writer.writerows([i, label, name] for i, (label, name) in enumerate(zip(descriptors.ids, descriptors.names)))
+    write_label_descriptors(path, descriptors.ids, descriptors.names)
     return path, list(descriptors.ids)

@@ -7,7 +7,8 @@ released checkpoints' recipes: EAT-base pre-training (§6.1), EAT-large (§6.2) 
 (§6.3), with the defaults of the registered model / task dataclasses (§2) filled in, as
 ``fairseq-hydra-train`` does. A template cfg (e.g. another checkpoint's) can replace recipe values.
 The recipes are read from their one copy, the YAML files under ``config/`` (setup.py installs them with
-the package as ``eat_plugin/recipes``).
+the package as ``eat_plugin/recipes``). The model and task dataclasses are looked up in fairseq's
+registries by name (importing ``eat_plugin`` registers them), so this module imports neither layer.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from fairseq.dataclass.configs import FairseqConfig
 from fairseq.dataclass.initialize import add_defaults
+from fairseq.models import MODEL_DATACLASS_REGISTRY
+from fairseq.tasks import TASK_DATACLASS_REGISTRY
 from omegaconf import DictConfig, OmegaConf
 
 from eat_plugin.layout import PATCH_FRAMES
-from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig
-from eat_plugin.models.pretraining_config import Data2VecMultiConfig
-from eat_plugin.tasks.classification import MaeImageClassificationConfig as ClassificationTaskConfig
-from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig
 
 
 def checkpoint_cfg(state: Mapping[str, Any]) -> Dict[str, Any]:
@@ -81,14 +80,17 @@ def official_finetuning_sections() -> Dict[str, Any]:
     return sections
 
 
-def _over(sections: Dict[str, Any], template: Optional[Mapping[str, Any]], typed: Mapping[str, type]) -> Dict[str, Any]:
-    """``template``'s sections over ``sections``: ``typed`` ones (model, task) merged key by key and
-    restricted to their dataclass's fields, the others replaced; ``None`` sections are skipped."""
+_REGISTRIES = {"model": MODEL_DATACLASS_REGISTRY, "task": TASK_DATACLASS_REGISTRY}
+
+
+def _over(sections: Dict[str, Any], template: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``template``'s sections over ``sections``: model and task merged key by key and restricted to the
+    fields of the recipe's registered dataclass, the others replaced; ``None`` sections are skipped."""
     for name, value in (template or {}).items():
         if value is None or name not in FairseqConfig.__dataclass_fields__:
             continue
-        if name in typed and isinstance(value, Mapping):
-            fields = typed[name].__dataclass_fields__
+        if name in _REGISTRIES and isinstance(value, Mapping):
+            fields = _REGISTRIES[name][sections[name]["_name"]].__dataclass_fields__
             value = {k: v for k, v in value.items() if k in fields}
             value = OmegaConf.to_container(OmegaConf.merge(sections.get(name) or {}, value))
         sections[name] = copy.deepcopy(value)
@@ -114,7 +116,7 @@ def pretraining_cfg(config: Mapping[str, Any], template: Optional[Mapping[str, A
     d, depth, heads = config["embed_dim"], config["depth"], config["num_heads"]
     sections = official_pretraining_sections(large=(d, depth) == (1024, 24))
     sections["model"]["modalities"]["image"]["decoder"]["decoder_dim"] = d
-    sections = _over(sections, template, {"model": Data2VecMultiConfig, "task": MaeImagePretrainingConfig})
+    sections = _over(sections, template)
     model, task = sections["model"], sections["task"]
     model.update(_name="data2vec_multi", embed_dim=d, depth=depth, num_heads=heads, mlp_ratio=config["mlp_ratio"],
                  norm_eps=config["norm_eps"], norm_affine=True, layer_norm_first=False, supported_modality="IMAGE",
@@ -133,8 +135,7 @@ def finetuning_cfg(config: Mapping[str, Any], pretraining: Mapping[str, Any],
                    template: Optional[Mapping[str, Any]] = None, data: Optional[str] = None) -> Dict[str, Any]:
     """Full resolved cfg of a ``mae_image_classification`` run; ``pretraining`` goes to
     ``model.pretrained_model_args`` (criterion and lr_scheduler nulled, as the official loader stores it)."""
-    sections = _over(official_finetuning_sections(), template,
-                     {"model": MaeImageClassificationConfig, "task": ClassificationTaskConfig})
+    sections = _over(official_finetuning_sections(), template)
     model, task = sections["model"], sections["task"]
     if data is not None or template is None:
         task["data"] = data or "data"

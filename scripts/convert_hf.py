@@ -35,8 +35,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 
 from eat_plugin.checkpoint import load_checkpoint
-from eat_plugin.data.manifest import ManifestError
-from eat_plugin.hf import eat_config, fairseq_to_hf, hf_to_fairseq, load_hf, save_hf, write_label_descriptors
+from eat_plugin.console import run_cli
+from eat_plugin.hf import eat_config, fairseq_to_hf, hf_to_fairseq, install_class_table, load_hf, save_hf
 
 
 def describe(config: Mapping, weights: Mapping) -> str:
@@ -64,7 +64,7 @@ def from_hf(args: argparse.Namespace) -> str:
     if args.labels:
         if checked["model_variant"] != "finetune":
             raise ValueError("--labels applies to fine-tuned models only (config.json has model_variant 'pretrain')")
-        path, label_ids = write_label_descriptors(args.labels, output.parent, checked["num_classes"])
+        path, label_ids = install_class_table(args.labels, output.parent, checked["num_classes"])
         data = str(output.parent.resolve())
         extra = f"; wrote {path} (task.data = {data})"
     state = hf_to_fairseq(hf_state, config, template, data=data, label_ids=label_ids, seed=args.seed)
@@ -95,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
+    def run() -> int:
         print(to_hf(args) if args.command == "to-hf" else from_hf(args))
-    except (ValueError, OSError, KeyError, ManifestError, pickle.UnpicklingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    # an HF folder / checkpoint that does not match the EAT layout raises ValueError / KeyError naming it
+    return run_cli(run, ValueError, KeyError, pickle.UnpicklingError)
 
 
 if __name__ == "__main__":

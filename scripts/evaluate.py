@@ -44,6 +44,7 @@ if __name__ == "__main__":  # keep the command line free of fairseq's import-tim
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
+from eat_plugin.console import run_cli  # noqa: E402
 from eat_plugin import cli, plots  # noqa: E402
 from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors, read_labels, read_manifest  # noqa: E402
 from eat_plugin.metrics import accuracy, mean_average_precision  # noqa: E402
@@ -79,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
     descriptors = read_label_descriptors(args.labels or args.data / "label_descriptors.csv")
     manifest = read_manifest(args.data / f"{args.split}.tsv")
     labels = read_labels(args.data / f"{args.split}.lbl", descriptors, manifest)
-    if not len(manifest):
-        raise cli.CLIError(f"{manifest.path}: the manifest lists no clips")
+    items = cli.manifest_items(manifest)
 
     model = cli.load(args, check_names=False)
     if not model.is_classifier:
@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     warn_on_other_class_table(model.label_names, descriptors)
     model.label_names = descriptors.names
 
-    items = [cli.AudioItem(manifest.audio_path(i), row.relpath) for i, row in enumerate(manifest.rows)]
     scores = np.zeros((len(items), len(descriptors)), dtype=np.float64)  # (N, C)
     score = lambda paths: model.scores(paths).numpy()  # noqa: E731  (B, C): sigmoid or softmax, as the model
     results = cli.map_batches(items, score, args.batch_size, f"evaluating {args.split}")
@@ -201,7 +200,7 @@ def single_label_report(scores: np.ndarray, labels: List[List[int]], descriptors
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return cli.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

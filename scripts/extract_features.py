@@ -39,6 +39,7 @@ if __name__ == "__main__":  # keep the command line free of fairseq's import-tim
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
+from eat_plugin.console import run_cli  # noqa: E402
 from eat_plugin import cli  # noqa: E402
 from eat_plugin.api import GRANULARITIES  # noqa: E402
 
@@ -136,7 +137,7 @@ def report(summary: Dict, console) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return cli.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

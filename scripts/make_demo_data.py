@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import soundfile as sf
 
-from eat_plugin.data import prepare
+from eat_plugin.console import run_cli, progress
 
 NUM_FOLDS = 5
 META_HEADER = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     num_samples = int(round(args.seconds * args.sample_rate))
     rows = plan_clips(args.clips_per_class_per_fold)
-    for row in prepare.progress(rows, "writing demo clips"):
+    for row in progress(rows, "writing demo clips"):
         # One generator per clip, keyed by its position: clips do not depend on how many others exist.
         rng = np.random.default_rng([args.seed, row["fold"], row["target"], row["index"]])
         wave = make_clip(rng, row["target"], num_samples, args.sample_rate)  # (S,) int16
@@ -242,7 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("need --clips-per-class-per-fold >= 1, --sample-rate >= 8000 and 0.05 <= --seconds <= 60")
     if args.seed < 0:
         parser.error("--seed must be >= 0")
-    return prepare.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

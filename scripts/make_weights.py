@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from eat_plugin.console import run_cli
 from eat_plugin.data import prepare
 
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return prepare.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from eat_plugin.console import run_cli
 from eat_plugin.data import prepare
+from eat_plugin.data.audio_files import walk_audio_files
 from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors
 from eat_plugin.data.prepare import LayoutError, Skipped, SplitScan
 
@@ -118,12 +119,8 @@ class AudioIndex:
         self.exact: Dict[str, List[Path]] = defaultdict(list)  # stem -> files
         self.prefix: Dict[str, List[Path]] = defaultdict(list)  # stem up to any '_' -> files
         self.num_files = 0
-        for dirpath, dirnames, filenames in os.walk(audio_dir, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
-                stem, ext = os.path.splitext(name)
-                if ext.lower() in prepare.AUDIO_EXTENSIONS:
-                    self._add(stem, Path(dirpath) / name)
+        for path in walk_audio_files(audio_dir)[0]:
+            self._add(path.stem, path)
 
     def _add(self, stem: str, path: Path) -> None:
         self.num_files += 1
@@ -256,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return prepare.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

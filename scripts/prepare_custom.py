@@ -40,6 +40,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from eat_plugin.console import run_cli
 from eat_plugin.data import custom, custom_inputs, prepare
 
 CSV_OPTIONS = ("audio_root", "path_column", "label_column", "split_column")
@@ -143,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("need 0 < --valid-fraction, 0 <= --test-fraction and --valid-fraction + --test-fraction < 1")
     if args.min_seconds < 0 or not args.label_sep:
         parser.error("need --min-seconds >= 0 and a non-empty --label-sep")
-    return prepare.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from eat_plugin.console import run_cli
 from eat_plugin.data import prepare
 from eat_plugin.data.prepare import LayoutError, SplitScan
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return prepare.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
+from eat_plugin.console import run_cli
 from eat_plugin.data import prepare
 from eat_plugin.data.prepare import LayoutError, Skipped, SplitScan
 
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return prepare.run_cli(lambda: run(args))
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ the .lbl files and label_descriptors.csv). Example:
 
 import argparse
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from eat_plugin.training_log import TrainingLogError, read_json_log
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "accuracy"
@@ -104,17 +105,16 @@ def best_from_checkpoint(path: Path, fold: int) -> Optional[float]:
 
 
 def best_from_log(path: Path) -> Optional[float]:
-    """The last ``<subset>_best_accuracy`` in a fairseq log, else the highest ``<subset>_accuracy``."""
-    if not path.is_file():
+    """The last validation ``best_accuracy`` in a fairseq JSON log (read by ``eat_plugin.training_log``),
+    else the highest validation ``accuracy``; None when the log has neither."""
+    try:
+        log = read_json_log(path, best_metric=METRIC, maximize=True)
+    except TrainingLogError:
         return None
-    text = path.read_text(encoding="utf-8", errors="replace")
-    number = r'"?\s*[:=]?\s*"?(-?[0-9][0-9.eE+-]*)'
-    best = re.findall(r'"?\w+_best_' + METRIC + number, text)
-    if best:
-        return float(best[-1])
-    values = [float(v) for subset, v in re.findall(r'"?(\w+)_' + METRIC + number, text)
-              if not subset.startswith("train") and not subset.endswith("_best")]
-    return max(values) if values else None
+    running_best = log.get(log.valid_subset, f"best_{METRIC}")
+    if running_best is not None:
+        return float(running_best[1][-1])
+    return None if log.best is None else log.best[1]
 
 
 def fold_result(save_dir: Path, log_path: Path, fold: int) -> FoldResult:

@@ -517,8 +517,9 @@ def fake_runner(best: dict, log_only: dict = None, status: dict = None):
             return status[fold]
         if fold in log_only:
             lines = [json.dumps({"epoch": e, "eval_loss": "1.2", "eval_accuracy": f"{v:g}", "eval_best_accuracy":
-                                 f"{max(log_only[fold][:e + 1]):g}"}) for e, v in enumerate(log_only[fold])]
-            log_path.write_text("".join(f"[2025][valid][INFO] - {line}\n" for line in lines))
+                                 f"{max(log_only[fold][:e + 1]):g}", "eval_num_updates": str(10 * e)})
+                     for e, v in enumerate(log_only[fold])]  # what fairseq logs after each validation
+            log_path.write_text("".join(f"[2025-01-01 00:00:00,000][eval][INFO] - {line}\n" for line in lines))
         else:
             log_path.write_text("training\n")
             torch.save({"cfg": {"checkpoint": {"best_checkpoint_metric": "accuracy"}},

@@ -25,7 +25,6 @@ Statistics (``norm_stats``):
 from __future__ import annotations
 
 import math
-import os
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from eat_plugin.console import progress
 from eat_plugin.data import prepare
 from eat_plugin.data.custom_inputs import Entry, Listing, normalise_labels
 from eat_plugin.data.fbank import AudioError, num_fbank_frames, pad_or_crop, read_audio, to_mono_16k, wave_to_fbank
@@ -94,13 +94,14 @@ def scan(entries: Sequence[Entry], root: Path, min_seconds: float, show_progress
     """Decode every entry once: ``(kept clips, [(given split, Skipped)])``."""
     kept: List[ScannedClip] = []
     skipped: List[Tuple[Optional[str], Skipped]] = []
-    for entry in prepare.progress(entries, "decoding clips", show_progress):
-        try:
-            num_samples, seconds = inspect_clip(entry.path, min_seconds)
-        except (AudioError, FileNotFoundError) as err:
-            skipped.append((entry.split, Skipped(str(entry.path), prepare._reason(err, entry.path))))
+    paths = [Path(entry.path) for entry in entries]
+    results = prepare.probe_each(paths, root, lambda path: inspect_clip(path, min_seconds), "decoding clips",
+                                 show_progress)
+    for entry, result in zip(entries, results):
+        if isinstance(result, Skipped):
+            skipped.append((entry.split, result))
             continue
-        relpath = Path(os.path.relpath(os.path.abspath(entry.path), root)).as_posix()
+        relpath, (num_samples, seconds) = result
         kept.append(ScannedClip(Clip(relpath, num_samples, entry.labels), seconds, entry.split))
     return kept, skipped
 
@@ -247,7 +248,7 @@ def fbank_norm_stats(
     paths = list(paths)
     total = total_sq = 0.0
     count = 0
-    for path in prepare.progress(paths, "fbank statistics", show_progress):
+    for path in progress(paths, "fbank statistics", show_progress):
         wave, sample_rate = read_audio(path)  # (S, C)
         fbank = wave_to_fbank(to_mono_16k(wave, sample_rate, str(path)), str(path))  # (n_frames, 128)
         fbank = pad_or_crop(fbank, target_length).double()  # (T, 128)

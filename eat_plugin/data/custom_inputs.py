@@ -6,7 +6,7 @@ is the command line.
 Inputs:
     class folders   ``ROOT/<class>/**/<clip>`` (torchvision ImageFolder / HF ``audiofolder``); the label
                     is the class folder's name. Hidden files and folders ('.') are ignored, and so are
-                    files whose extension is not in ``prepare.AUDIO_EXTENSIONS`` (counted).
+                    files whose extension is not in ``AUDIO_EXTENSIONS`` (counted).
     a CSV / TSV     a path column, a label column (several labels per cell, separated by ``label_sep``)
                     and an optional split column (train / valid / test; validation, val, dev -> valid;
                     eval -> test). Relative paths are relative to the audio root.
@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from eat_plugin.data import prepare
+from eat_plugin.data.audio_files import AUDIO_EXTENSIONS, walk_audio_files
 from eat_plugin.data.prepare import LayoutError, Skipped
 
 SPLIT_ALIASES = {
@@ -85,7 +86,7 @@ def list_folders(root: Path) -> Listing:
         raise LayoutError(f"{root}: no class folders; expected one sub-folder per class, ROOT/<class>/<clip>.wav")
     listing = Listing(root, [], f"class folders in {root}")
     for name in classes:
-        audio, other = _walk_files(root / name)
+        audio, other = walk_audio_files(root / name)
         listing.non_audio += len(other)
         if not audio:
             listing.warnings.append(f"class folder {name!r} holds no audio file; no class made of it")
@@ -96,26 +97,9 @@ def list_folders(root: Path) -> Listing:
     if not listing.entries:
         raise LayoutError(
             f"{root}: no audio files in the class folders {classes[:10]}; expected extensions "
-            f"{', '.join(prepare.AUDIO_EXTENSIONS)}"
+            f"{', '.join(AUDIO_EXTENSIONS)}"
         )
     return listing
-
-
-def _walk_files(folder: Path) -> Tuple[List[Path], List[Path]]:
-    """(audio files, other files) under ``folder``, sorted, hidden ones left out; symlinked folders followed once."""
-    audio, other, seen = [], [], set()
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(parent)
-        if real in seen:  # a symlink loop
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith("."):
-                path = Path(parent) / name
-                (audio if path.suffix.lower() in prepare.AUDIO_EXTENSIONS else other).append(path)
-    return sorted(audio), sorted(other)
 
 
 def list_csv(

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from eat_plugin.console import InputError
 from eat_plugin.layout import NUM_MEL_BINS, SAMPLE_RATE, check_target_length  # noqa: F401  (re-exported)
 
 FRAME_LENGTH_MS = 25.0
@@ -34,7 +35,7 @@ WINDOW_SAMPLES = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400
 HOP_SAMPLES = int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160
 
 
-class AudioError(ValueError):
+class AudioError(InputError, ValueError):
     """A clip that cannot be turned into features; the message names the file and the problem."""
 
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from eat_plugin.console import InputError
+
 PathLike = Union[str, Path]
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """A malformed manifest / label / descriptor file; the message names the file, line and expectation."""
 
 

@@ -11,19 +11,17 @@ import argparse
 import json
 import os
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
-import soundfile as sf
 
+from eat_plugin.console import InputError, failure_reason, progress
 from eat_plugin.data.fbank import AudioError, open_audio, read_audio
 from eat_plugin.data.manifest import (
     Clip,
-    ManifestError,
     read_label_descriptors,
     read_labels,
     read_manifest,
@@ -31,17 +29,10 @@ from eat_plugin.data.manifest import (
     write_split,
 )
 
-# Every extension soundfile can read (its formats, named by their usual extension, plus common aliases);
-# RAW is left out because headerless files cannot be probed.
-AUDIO_EXTENSIONS = tuple(
-    sorted(
-        {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc"}
-        | {"." + fmt.lower() for fmt in sf.available_formats() if fmt != "RAW"}
-    )
-)
+T = TypeVar("T")
 
 
-class LayoutError(Exception):
+class LayoutError(InputError):
     """The input does not match the published layout; the message names the path and what was expected."""
 
 
@@ -77,15 +68,6 @@ def add_scan_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_cli(run: Callable[[], int]) -> int:
-    """Run a script body; report bad input as ``error: ...`` on stderr with exit status 1, without a traceback."""
-    try:
-        return run()
-    except (LayoutError, ManifestError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
 @dataclass
 class Skipped:
     path: str
@@ -96,17 +78,6 @@ class Skipped:
 class SplitScan:
     clips: List[Clip] = field(default_factory=list)
     skipped: List[Skipped] = field(default_factory=list)
-
-
-def progress(items: Sequence, desc: str, enable: Optional[bool] = None) -> Iterable:
-    """A tqdm progress bar on stderr for scans of more than one item (tqdm comes with fairseq)."""
-    if enable is None:
-        enable = len(items) > 1 and sys.stderr.isatty()
-    if not enable:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="clip", file=sys.stderr, dynamic_ncols=True)
 
 
 def probe_clip(path: Path, full_check: bool = False) -> int:
@@ -132,22 +103,33 @@ def scan_split(
 ) -> SplitScan:
     """Probe each ``(path, label ids)``; keep readable clips of at least ``min_samples`` samples."""
     scan = SplitScan()
-    for path, label_ids in progress(items, f"scanning {split}", show_progress):
-        path = Path(path)
+    paths = [Path(path) for path, _ in items]
+    results = probe_each(paths, root, lambda path: probe_clip(path, full_check), f"scanning {split}", show_progress)
+    for path, (_, label_ids), result in zip(paths, items, results):
+        if isinstance(result, Skipped):
+            scan.skipped.append(result)
+        elif result[1] < min_samples:
+            scan.skipped.append(Skipped(str(path), f"too short: {result[1]} samples < min {min_samples}"))
+        else:
+            scan.clips.append(Clip(result[0], result[1], tuple(label_ids)))
+    return scan
+
+
+def probe_each(paths: Sequence[Path], root: Path, probe: Callable[[Path], T], desc: str,
+               show_progress: Optional[bool] = None) -> Iterator[Union[Tuple[str, T], Skipped]]:
+    """The one clip scan of the preparers: for each path, in order, ``(relpath under root, probe(path))``,
+    or a ``Skipped`` with the reason (outside ``root``; ``AudioError`` / ``FileNotFoundError`` of ``probe``)."""
+    for path in progress(paths, desc, show_progress):
         relpath = _relative_to(path, root)
         if relpath is None:
-            scan.skipped.append(Skipped(str(path), f"outside the audio root {root}"))
+            yield Skipped(str(path), f"outside the audio root {root}")
             continue
         try:
-            num_samples = probe_clip(path, full_check)
+            probed = probe(path)
         except (AudioError, FileNotFoundError) as err:
-            scan.skipped.append(Skipped(str(path), _reason(err, path)))
+            yield Skipped(str(path), failure_reason(err, path))
             continue
-        if num_samples < min_samples:
-            scan.skipped.append(Skipped(str(path), f"too short: {num_samples} samples < min {min_samples}"))
-            continue
-        scan.clips.append(Clip(relpath, num_samples, tuple(label_ids)))
-    return scan
+        yield relpath, probed
 
 
 def _relative_to(path: Path, root: Path) -> Optional[str]:
@@ -160,12 +142,6 @@ def _relative_to(path: Path, root: Path) -> Optional[str]:
     if relpath == os.curdir or relpath.split(os.sep)[0] == os.pardir:
         return None
     return Path(relpath).as_posix()
-
-
-def _reason(err: Exception, path: Path) -> str:
-    message = str(err)
-    prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def write_dataset(

@@ -1,13 +1,15 @@
 """Multi-head self-attention with a fused qkv projection (official ``AltAttention`` parameter names).
 
 ``F.scaled_dot_product_attention`` by default; an exact eager path (``q·scale @ kᵀ``, softmax in fp32)
-for parity tests. Switch globally with ``set_fused_attention(False)`` or ``EAT_FUSED_ATTN=0``.
+for parity tests. Switch globally with ``set_fused_attention(False)`` or ``EAT_FUSED_ATTN=0``, or for a block
+of code with ``with fused_attention(False): ...``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,18 @@ def set_fused_attention(enabled: bool) -> None:
 
 def fused_attention_enabled() -> bool:
     return _FUSED_ATTENTION
+
+
+@contextmanager
+def fused_attention(enabled: bool) -> Iterator[None]:
+    """``set_fused_attention(enabled)`` for the ``with`` block only: the previous setting comes back on exit,
+    also when the block raises. ``with fused_attention(False): ...`` runs the eager reference path."""
+    previous = _FUSED_ATTENTION
+    set_fused_attention(enabled)
+    try:
+        yield
+    finally:
+        set_fused_attention(previous)
 
 
 class Attention(nn.Module):
