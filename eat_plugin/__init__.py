@@ -3,6 +3,24 @@
 Usable both as an installed package (``import eat_plugin``) and as
 ``common.user_dir=/path/to/eat_plugin`` with fairseq's ``import_user_module``. fairseq auto-imports
 only ``models/`` and ``tasks/`` of a user dir, so this module imports the criterions itself.
+
+Layers (imports only point down; ``tests/test_layers.py`` checks every import):
+
+==================  ====================================================================  ================
+layer               what                                                                  may import
+==================  ====================================================================  ================
+foundation          ``layout`` (16 kHz, 128 mel, 16 x 16 patches), ``masking``, ``seeding``,  foundation only
+                    ``official_fields``, ``console``, ``losses``, ``metrics``,
+                    ``checkpoint*``, ``safetensors_io``, ``training_log``
+``data``            audio I/O, the fbank front end, manifests, datasets, preparers         foundation
+``modules``         attention, blocks, encoder, decoder, EMA, batch augmentation           foundation
+``models``          the two registered models, their configs, checkpoint keys              + modules
+``tasks``,          the registered tasks and criterions                                    + data, models
+``criterions``
+``api``, ``hf``,    the Python API, HF conversion, recipes, CLI plumbing, plots            all of the above
+``cli``, ...
+``scripts/``        command-line tools (outside the package)                               the package
+==================  ====================================================================  ================
 """
 
 from eat_plugin.checkpoint import allow_fairseq_checkpoint_classes

@@ -1,4 +1,7 @@
-"""Registered fairseq tasks: ``mae_image_pretraining`` and ``mae_image_classification``."""
+"""Registered fairseq tasks: ``mae_image_pretraining`` and ``mae_image_classification``.
+
+Layer: imports ``data``, ``models``, ``modules`` and the foundation; nothing above (api, hf, cli).
+"""
 
 from eat_plugin.tasks.pretraining import (  # noqa: F401
     ImageMaskingConfig,
