@@ -1,8 +1,12 @@
-"""Shared test helpers: synthetic audio written with soundfile, the golden-data location, tiny
-pre-training runs through the real ``fairseq-hydra-train``."""
+"""Shared test helpers: synthetic audio written with soundfile, the golden fixture (``tests/golden``: the
+official implementation's reference outputs, part of the repository), tiny pre-training runs through the
+real ``fairseq-hydra-train``. More factories: the ``helpers`` package next to this file."""
 
+import functools
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +16,7 @@ import pytest
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(os.environ.get("EAT_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+GOLDEN = Path(os.environ.get("EAT_GOLDEN_DIR", REPO / "tests" / "golden"))  # the variable: another copy
 HYDRA_TRAIN = Path(sys.executable).parent / "fairseq-hydra-train"
 
 
@@ -80,10 +84,34 @@ def load_checkpoint_file(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@functools.lru_cache(maxsize=None)
+def golden_problems(root: Path) -> tuple:
+    """What is wrong with the golden fixture at ``root``: every file its README lists with a sha256 must be
+    there with that checksum (a missing file, a Git LFS pointer or an edited tensor file all show here)."""
+    readme = root / "README.md"
+    if not readme.is_file():
+        return (f"{readme} not found",)
+    listed = re.findall(r"^([0-9a-f]{64})  (\S+)$", readme.read_text(), flags=re.MULTILINE)
+    if not listed:
+        return (f"{readme} lists no sha256 checksums",)
+    problems = []
+    for digest, relpath in listed:
+        path = root / relpath
+        if not path.is_file():
+            problems.append(f"{relpath}: missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{relpath}: sha256 differs from the README's")
+    return tuple(problems)
+
+
 @pytest.fixture
 def golden_dir() -> Path:
-    if not (GOLDEN / "fbank_ref.pt").is_file():
-        pytest.skip(f"golden data not found at {GOLDEN} (set EAT_GOLDEN_DIR)")
+    """The golden fixture; a missing or damaged one fails the test (it is part of the repository)."""
+    problems = golden_problems(GOLDEN)
+    if problems:
+        pytest.fail(f"golden fixture at {GOLDEN} is missing or damaged ({'; '.join(problems[:5])}"
+                    f"{'; ...' if len(problems) > 5 else ''}): restore tests/golden from the repository "
+                    "(EAT_GOLDEN_DIR, when set, names another copy)", pytrace=False)
     return GOLDEN
 
 
@@ -102,9 +130,3 @@ def golden_data(tmp_path, golden_dir) -> Path:
             (out / src.name).write_text(text)
     return out
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: multi-process or long end-to-end runs (part of the full suite)")
-    # Third-party noise, not ours: torch.jit deprecation (fairseq import) and pin_memory on CPU.
-    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:FutureWarning")
-    config.addinivalue_line("filterwarnings", "ignore:'pin_memory' argument is set as true:UserWarning")

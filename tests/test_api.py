@@ -4,7 +4,6 @@ Tiny checkpoints in the fairseq layout: a pre-trained one, a single-label (ESC-5
 multi-label (AudioSet style) fine-tuned one, whose pre-training file is gone (they carry its config).
 """
 
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,73 +12,14 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio
-from omegaconf import OmegaConf
 
 import eat_plugin
 from conftest import tone, write_wav
 from eat_plugin.checkpoint import NotACheckpointError, UnsafeCheckpointError
 from eat_plugin.data.fbank import NORM_STATS, FbankFrontEnd
 from eat_plugin.data.manifest import write_label_descriptors
-from eat_plugin.models.mae_image_classification import MaeImageClassificationModel
-from test_checkpoint import RunsCode
-from test_classification_model import finetune_config, save_pretrained
-
-NUM_CLASSES = 5
-TARGET_LENGTH = 128  # the tiny model's training length (8 time patches)
-LABEL_IDS = [f"/m/id{i}" for i in range(NUM_CLASSES)]
-LABEL_NAMES = ["Dog", "Rain", "Siren", "Speech", "Music"]
-
-
-def samples_for(frames: int) -> int:
-    """16 kHz samples giving exactly ``frames`` fbank frames."""
-    return 400 + (frames - 1) * 160
-
-
-def noise(num_samples: int, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """``(S,)`` float32 noise + two tones, exactly ``num_samples`` long (energy in every mel band)."""
-    t = np.arange(num_samples) / sample_rate
-    rng = np.random.default_rng(seed)
-    wave = 0.1 * rng.standard_normal(num_samples) + 0.3 * np.sin(2 * np.pi * 440 * t)
-    wave += 0.2 * np.sin(2 * np.pi * 3000 * t)
-    return wave.astype(np.float32)
-
-
-def save_finetuned(path: Path, pretrained: Path, data: Path, single_label: bool, task_state: bool = True,
-                   seed: int = 0) -> MaeImageClassificationModel:
-    """A fine-tuned checkpoint as fairseq writes it (cfg, model, task_state, optimizer_history, ...)."""
-    torch.manual_seed(seed)
-    flags = {"esc50_eval": True, "audio_mae": True} if single_label else {"audio_mae": True}
-    cfg = finetune_config(pretrained, num_classes=NUM_CLASSES, data=str(data), target_length=TARGET_LENGTH,
-                          prediction_mode="MEAN_POOLING" if single_label else "CLS_TOKEN", **flags)
-    model = MaeImageClassificationModel(cfg).eval()
-    torch.nn.init.normal_(model.head.weight, std=1.0)  # spread the scores: top-k orders are meaningful
-    torch.nn.init.normal_(model.head.bias, std=0.5)
-    task = {"_name": "mae_image_classification", "data": str(data), "target_length": TARGET_LENGTH,
-            "label_descriptors": "label_descriptors.csv", "labels": "lbl", **flags}
-    torch.save({
-        "cfg": {"model": {**OmegaConf.to_container(cfg, enum_to_str=True), "_name": "mae_image_classification"},
-                "task": task, "criterion": {"_name": "model"}},
-        "model": model.state_dict(),
-        "task_state": {"labels": {label_id: str(i) for i, label_id in enumerate(LABEL_IDS)}} if task_state else {},
-        "optimizer_history": [{"criterion_name": "ModelCriterion", "optimizer_name": "FairseqCompositeOptimizer",
-                               "lr_scheduler_state": {}, "num_updates": 3}],
-        "extra_state": {"epoch": 1}, "args": None,
-    }, path)
-    return model
-
-
-def build_checkpoints(root: Path) -> SimpleNamespace:
-    """pre-trained, single-label and multi-label checkpoints and the fine-tuning data dir's class table."""
-    data = root / "data"
-    write_label_descriptors(data / "label_descriptors.csv", LABEL_IDS, LABEL_NAMES)
-    save_pretrained(root / "pretrain.pt")
-    shutil.copy(root / "pretrain.pt", root / "pretrain_gone.pt")
-    single = root / "esc50.pt"
-    multi = root / "audioset.pt"
-    save_finetuned(single, root / "pretrain_gone.pt", data, single_label=True, seed=1)
-    save_finetuned(multi, root / "pretrain_gone.pt", data, single_label=False, seed=2)
-    (root / "pretrain_gone.pt").unlink()  # fine-tuned checkpoints carry the pre-training config
-    return SimpleNamespace(root=root, data=data, pretrained=root / "pretrain.pt", single=single, multi=multi)
+from helpers import (LABEL_IDS, LABEL_NAMES, NUM_CLASSES, TARGET_LENGTH, RunsCode, build_checkpoints, noise,
+                     samples_for)
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import eat_plugin  # noqa: F401  (installs the allow-list, as loading the plugin as a user dir does)
 from eat_plugin.checkpoint import UnsafeCheckpointError, load_checkpoint
+from helpers import RunsCode
 
 MARKER_ENV = "EAT_TEST_MARKER"
-
-
-class RunsCode:
-    """Unpickling this calls os.system: a stand-in for a malicious checkpoint."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def fairseq_like_state(golden_dir):

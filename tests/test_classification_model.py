@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from eat_plugin.losses import binary_cross_entropy, cross_entropy, soft_target_cross_entropy
-from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.mae_image_classification import (
     MaeImageClassificationConfig,
     MaeImageClassificationModel,
@@ -17,29 +16,7 @@ from eat_plugin.models.mae_image_classification import (
 )
 from eat_plugin.modules.batch_augment import BatchMixup, spec_augment
 from eat_plugin.modules.block import DropPath
-from test_pretraining_model import tiny_config
-
-
-def save_pretrained(path, seed=0):
-    """A fairseq-format pre-training checkpoint of the tiny model: {cfg, model (+ _ema)}."""
-    torch.manual_seed(seed)
-    model_cfg = tiny_config()
-    model = Data2VecMultiModel(model_cfg)
-    cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True), "task": {"_name": "mae_image_pretraining", "audio_mae": True},
-                            "criterion": {"_name": "model"}, "lr_scheduler": {"_name": "pass_through"}})
-    cfg.model._name = "data2vec_multi"
-    torch.save({"cfg": OmegaConf.to_container(cfg, enum_to_str=True), "model": model.state_dict(),
-                "optimizer_history": [{"criterion_name": "ModelCriterion", "optimizer_name": "FairseqCompositeOptimizer",
-                                       "lr_scheduler_state": {}, "num_updates": 0}],
-                "extra_state": {}, "args": None}, path)
-    return model
-
-
-def finetune_config(model_path, **overrides):
-    cfg = OmegaConf.structured(MaeImageClassificationConfig)
-    base = {"model_path": str(model_path), "num_classes": 5, "data": "unused", "target_length": 128,
-            "drop_path_rate": 0.0}
-    return OmegaConf.merge(cfg, base, overrides)
+from helpers import finetune_config, save_pretrained
 
 
 @pytest.fixture
@@ -295,19 +272,3 @@ def test_missing_model_path_is_a_clear_error():
     with pytest.raises(ValueError, match="model.model_path must name the pre-trained checkpoint"):
         MaeImageClassificationModel(cfg)
     assert math.isclose(layer_scales(12, 0.65)[0], 0.65**12)
-
-
-OFFICIAL_FINETUNE_FIELDS = """model_path no_pretrained_weights linear_classifier num_classes mixup cutmix label_smoothing
-drop_path_rate layer_decay mixup_prob mixup_switch_prob mixup_mode pretrained_model_args data norm_eps remove_alibi
-encoder_dropout post_mlp_drop attention_dropout activation_dropout dropout_input layerdrop prenet_layerdrop
-prenet_dropout use_fc_norm prediction_mode no_decay_blocks audio_mae esc50_eval spcv2_eval target_length specaug
-freqm timem mask_ratio""".split()
-
-
-def test_config_has_every_official_field_with_its_default():
-    fields = MaeImageClassificationConfig.__dataclass_fields__
-    assert set(OFFICIAL_FINETUNE_FIELDS) <= set(fields), sorted(set(OFFICIAL_FINETUNE_FIELDS) - set(fields))
-    defaults = OmegaConf.structured(MaeImageClassificationConfig)
-    assert (defaults.num_classes, defaults.drop_path_rate, defaults.layer_decay, defaults.mixup_prob,
-            defaults.prediction_mode, defaults.target_length, defaults.freqm, defaults.timem) == (
-        1000, 0.1, 0.65, 1.0, PredictionMode.CLS_TOKEN, 1024, 25, 200)

@@ -2,13 +2,10 @@
 fine-tuning recipes and scripts/run_esc50_folds.py (CPU, seconds; no model is trained)."""
 
 import dataclasses
-import functools
-import importlib.util
 import json
 import logging
 import math
 import sys
-import warnings
 from pathlib import Path
 from typing import List
 
@@ -17,79 +14,52 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fairseq import tasks as fairseq_tasks
-from fairseq.dataclass.initialize import add_defaults, hydra_init
 from fairseq.logging import metrics
 from fairseq.tasks import FairseqTask
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import REPO, broadband, write_wav
+from conftest import REPO
 from eat_plugin.checkpoint import load_checkpoint
 from eat_plugin.criterions.classification import EATClassificationCriterion
 from eat_plugin.data.fbank import NORM_STATS
-from eat_plugin.data.manifest import Clip, ManifestError, write_label_descriptors, write_split
+from eat_plugin.data.manifest import ManifestError
 from eat_plugin.metrics import mean_average_precision
 from eat_plugin.tasks.classification import MaeImageClassificationConfig, MaeImageClassificationTask
 from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig
+from helpers import (CLIP_IDS, classification_task_cfg, compose_recipe, load_script, make_labelled_data,
+                     official_defaults, official_names, plugin_names, recipe_strings)
+from helpers.official import CLASSIFICATION_TASK, PRETRAINING_TASK
 
 RECIPES = REPO / "config" / "finetuning"
 RECIPE_NAMES = ("as2m", "as20k", "esc50", "spcv2", "tiny")
-IDS = ["dog", "rain", "siren", "bell"]
-SECONDS = 0.7  # 11200 samples: above min_sample_size 10000
-
-# reference §2.6 / §2.7: every field of the official fine-tuning task config and its default
-OFFICIAL_DEFAULTS = dict(
-    multi_data=None, input_size=224, local_cache_path=None, key="imgs", beit_transforms=False,
-    target_transform=False, no_transform=False, rebuild_batches=True, precompute_mask_config=None, subsample=1,
-    dataset_type="imagefolder", audio_mae=False, h5_format=False, downsr_16hz=False, target_length=1024,
-    flexible_mask=False, esc50_eval=False, spcv2_eval=False, AS2M_finetune=False, spcv1_finetune=False,
-    roll_aug=False, noise=False, weights_file="", num_samples=200000, is_finetuning=False,
-    label_descriptors="label_descriptors.csv", labels="lbl",
-)
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-def make_data(root: Path, labels: List[List[str]], split: str = "train", ids: List[str] = IDS) -> Path:
-    """``{split}.tsv`` / ``.lbl`` over generated clips with the given label ids, plus the class table."""
-    clips = []
-    for i, clip_labels in enumerate(labels):
-        write_wav(root / "audio" / f"{split}{i}.wav", broadband(SECONDS, seed=i), 16000)
-        clips.append(Clip(f"{split}{i}.wav", int(SECONDS * 16000), tuple(clip_labels)))
-    write_split(root, split, root / "audio", clips)
-    write_label_descriptors(root / "label_descriptors.csv", ids, [i.title() for i in ids])
-    return root
-
-
-def task_cfg(data: Path, **overrides):
-    values = dict(data=str(data), seed=1, target_length=64, audio_mae=True, downsr_16hz=True)  # as the recipes
-    values.update(overrides)
-    return OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), values)
+IDS = CLIP_IDS
+# every official field of the fine-tuning task config and its official default (the official field table)
+OFFICIAL_DEFAULTS = {k: v for k, v in official_defaults(CLASSIFICATION_TASK).items() if k != "_name"}
 
 
 def make_task(data: Path, **overrides) -> MaeImageClassificationTask:
-    return MaeImageClassificationTask.setup_task(task_cfg(data, **overrides))
+    return MaeImageClassificationTask.setup_task(classification_task_cfg(data, **overrides))
 
 
 # ---------------------------------------------------------------------------------------- config
 
 
-def test_official_fields_and_defaults():
-    fields = {f.name: f for f in dataclasses.fields(MaeImageClassificationConfig)}
-    for name, default in OFFICIAL_DEFAULTS.items():
-        assert fields[name].default == default, name
+def test_the_task_config_is_the_pretraining_one_plus_the_official_label_fields():
+    """Each field's official default is checked in test_official_fields.py; here: the subclass adds exactly
+    the fields the official table adds to the pre-training task, and ours."""
     assert issubclass(MaeImageClassificationConfig, MaeImagePretrainingConfig)
-    assert set(fields) - {f.name for f in dataclasses.fields(MaeImagePretrainingConfig)} == {
-        "label_descriptors", "labels", "label_type"}
+    names = {f.name for f in dataclasses.fields(MaeImageClassificationConfig)}
+    inherited = {f.name for f in dataclasses.fields(MaeImagePretrainingConfig)}
+    added = ((official_names(CLASSIFICATION_TASK) - official_names(PRETRAINING_TASK))
+             | (plugin_names(CLASSIFICATION_TASK) - plugin_names(PRETRAINING_TASK)))
+    assert names - inherited == added
     node = OmegaConf.structured(MaeImageClassificationConfig)
     assert OmegaConf.is_missing(node, "data") and OmegaConf.to_container(node)["seed"] == "${common.seed}"
 
 
 def test_every_official_field_is_accepted_and_registers_with_fairseq(tmp_path):
-    data = make_data(tmp_path, [["dog"], ["rain"]])
+    data = make_labelled_data(tmp_path, [["dog"], ["rain"]])
     every = dict(OFFICIAL_DEFAULTS, _name="mae_image_classification", data=str(data), seed=3, target_length=64,
                  input_size=128, no_transform=True, rebuild_batches=False, audio_mae=True, downsr_16hz=True,
                  roll_aug=True, noise=True, esc50_eval=True, is_finetuning=True, weights_file="unused.csv")
@@ -108,13 +78,13 @@ def test_every_official_field_is_accepted_and_registers_with_fairseq(tmp_path):
     (dict(subsample=0.5), r"task\.subsample=0\.5 is not supported"),
 ])
 def test_bad_values_raise_naming_the_field(tmp_path, overrides, message):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     with pytest.raises(ValueError, match=message):
         make_task(tmp_path, **overrides)
 
 
 def test_missing_descriptors_name_the_file(tmp_path):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     with pytest.raises(FileNotFoundError, match="classes.csv: label descriptors file not found"):
         make_task(tmp_path, label_descriptors="classes.csv")
 
@@ -123,7 +93,7 @@ def test_missing_descriptors_name_the_file(tmp_path):
 
 
 def test_multi_label_dataset(tmp_path):
-    data = make_data(tmp_path, [["dog", "siren"], ["rain"], ["bell", "dog", "rain"]], split="eval")
+    data = make_labelled_data(tmp_path, [["dog", "siren"], ["rain"], ["bell", "dog", "rain"]], split="eval")
     task = make_task(data)
     assert task.multi_label
     dataset = task.load_dataset("eval")
@@ -137,20 +107,20 @@ def test_multi_label_dataset(tmp_path):
 
 @pytest.mark.parametrize("flag, stats", [("esc50_eval", "esc50"), ("spcv2_eval", "spcv2")])
 def test_single_label_dataset(tmp_path, flag, stats):
-    data = make_data(tmp_path, [["siren"], ["dog"]], split="eval")
+    data = make_labelled_data(tmp_path, [["siren"], ["dog"]], split="eval")
     task = make_task(data, **{flag: True})
     assert not task.multi_label
     dataset = task.load_dataset("eval")
     assert dataset.front_end.stats == NORM_STATS[stats]
     batch = dataset.collater([dataset[0], dataset[1]])
     torch.testing.assert_close(batch["net_input"]["label"], torch.tensor([[0.0, 0, 1, 0], [1, 0, 0, 0]]))
-    make_data(tmp_path, [["siren"], ["dog", "bell"]], split="train")
+    make_labelled_data(tmp_path, [["siren"], ["dog", "bell"]], split="train")
     with pytest.raises(ManifestError, match=r"train\.lbl: the clip of manifest line 3 .* has 2 labels"):
         task.load_dataset("train")
 
 
 def test_label_file_extension_and_short_clips(tmp_path):
-    data = make_data(tmp_path, [["dog"], ["rain"]], split="eval")
+    data = make_labelled_data(tmp_path, [["dog"], ["rain"]], split="eval")
     (data / "eval.lbl").rename(data / "eval.labels")
     task = make_task(data, labels="labels", min_sample_size=11201)  # both clips have 11200 samples
     with pytest.raises(ManifestError, match="no clips left"):
@@ -179,7 +149,7 @@ def test_golden_finetuning_task_config_and_batch(golden_data, golden_dir):
 
 
 def test_num_classes_mismatch_names_field_file_and_count(tmp_path, monkeypatch):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     task = make_task(tmp_path)
     built = []
     monkeypatch.setattr(FairseqTask, "build_model", lambda self, cfg, from_checkpoint=False: built.append(cfg))
@@ -252,7 +222,7 @@ def validate(task, criterion, model, batches):
 @pytest.mark.parametrize("criterion_name, log_keys", [("eat_classification", None),
                                                       ("model", ["_predictions", "_targets"])])
 def test_map_over_the_whole_validation_set(tmp_path, caplog, criterion_name, log_keys):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     task = make_task(tmp_path)
     criterion = build_criterion(task, criterion_name, log_keys)
     batches = list(fake_batches(task.num_classes, multi_label=True))
@@ -272,7 +242,7 @@ def test_map_over_the_whole_validation_set(tmp_path, caplog, criterion_name, log
 
 
 def test_map_leaves_out_classes_without_positives(tmp_path, caplog):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     task = make_task(tmp_path)
     criterion = build_criterion(task, "eat_classification")
     batches = list(fake_batches(task.num_classes, multi_label=True))
@@ -286,7 +256,7 @@ def test_map_leaves_out_classes_without_positives(tmp_path, caplog):
 
 @pytest.mark.parametrize("criterion_name, log_keys", [("eat_classification", None), ("model", ["correct"])])
 def test_accuracy_over_the_whole_validation_set(tmp_path, criterion_name, log_keys):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     task = make_task(tmp_path, esc50_eval=True)
     criterion = build_criterion(task, criterion_name, log_keys)
     model = StandInModel(task.num_classes, multi_label=False)
@@ -302,7 +272,7 @@ def test_accuracy_over_the_whole_validation_set(tmp_path, criterion_name, log_ke
 
 
 def test_training_logs_carry_no_metrics(tmp_path):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     task = make_task(tmp_path)
     criterion = build_criterion(task, "eat_classification")
     model = StandInModel(task.num_classes, multi_label=True).train()
@@ -316,7 +286,7 @@ def test_training_logs_carry_no_metrics(tmp_path):
 
 
 def test_predictions_without_targets_name_the_log_keys(tmp_path):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     task = make_task(tmp_path)
     criterion = build_criterion(task, "model", ["_predictions"])
     model = StandInModel(task.num_classes, multi_label=True).eval()
@@ -327,7 +297,7 @@ def test_predictions_without_targets_name_the_log_keys(tmp_path):
 def test_logs_can_be_summed_unless_the_recipe_says_otherwise(tmp_path):
     """Multi-label logs too: the task turns their per-clip tensors into per-rank slots (test_distributed.py
     checks the union over 2 ranks against one process)."""
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     multi, single = make_task(tmp_path), make_task(tmp_path, spcv2_eval=True)
     cases = [
         (build_criterion(multi, "eat_classification"), multi, True),
@@ -346,37 +316,21 @@ def test_logs_can_be_summed_unless_the_recipe_says_otherwise(tmp_path):
 # ---------------------------------------------------------------------------------------- recipes
 
 
-def strings(node):
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from strings(value)
-    elif isinstance(node, str):
-        yield node
-
-
-def pick(cfg, *paths):
-    return tuple(OmegaConf.select(cfg, p) for p in paths)
-
-
 @pytest.mark.parametrize("name", RECIPE_NAMES)
 def test_recipe_parses_without_paths_and_sets_up_the_task(tmp_path, name):
     cfg = OmegaConf.load(RECIPES / f"{name}.yaml")
     for path in ("common.user_dir", "task.data", "checkpoint.save_dir", "model.model_path"):
         section, key = path.split(".")
         assert OmegaConf.is_missing(cfg[section], key), path  # given on the command line
-    values = list(strings(OmegaConf.to_container(cfg, resolve=False)))
+    values = list(recipe_strings(OmegaConf.to_container(cfg, resolve=False)))
     assert not [v for v in values if v.startswith("/") or "${env:" in v or "/hpc" in v], values
     assert cfg.task._name == cfg.model._name == "mae_image_classification"
-    assert pick(cfg, "dataset.train_subset", "dataset.valid_subset") == ("train", "eval")
+    assert (cfg.dataset.train_subset, cfg.dataset.valid_subset) == ("train", "eval")
     assert cfg.optimizer._name == "composite" and cfg.optimizer.dynamic_groups and cfg.lr_scheduler == "pass_through"
     assert cfg.criterion._name == "model" and cfg.checkpoint.maximize_best_checkpoint_metric
     assert cfg.common.tensorboard_logdir == "tb"  # the official value: event files in the run directory
-    assert cfg.optimization.lr[0] == cfg.optimizer.groups.default.lr_float
 
-    make_data(tmp_path, [["dog"], ["rain"]], split="eval")
+    make_labelled_data(tmp_path, [["dog"], ["rain"]], split="eval")
     task_section = OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), cfg.task,
                                    {"data": str(tmp_path), "seed": 1, "weights_file": "weights.csv"})
     task = fairseq_tasks.setup_task(task_section)
@@ -385,84 +339,21 @@ def test_recipe_parses_without_paths_and_sets_up_the_task(tmp_path, name):
     assert task.cfg.target_length == cfg.model.target_length
 
 
-def compose_recipe(name: str, overrides: List[str]):
-    """What ``fairseq-hydra-train --config-dir config/finetuning --config-name NAME OVERRIDES`` composes."""
-    hydra_init(name)  # fairseq's schema, registered under the recipe's name as fairseq_cli does
-    GlobalHydra.instance().clear()
-    with warnings.catch_warnings():  # hydra's deprecation notes about that (fairseq's) way of matching schemas
-        warnings.filterwarnings("ignore", message=r"(?s).*(ConfigStore schema|version_base)", category=UserWarning)
-        with initialize_config_dir(config_dir=str(RECIPES), version_base="1.1"):
-            cfg = compose(config_name=name, overrides=overrides)
-    add_defaults(cfg)  # merges task / model / criterion into their registered dataclasses
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 @pytest.mark.parametrize("name", RECIPE_NAMES)
 def test_recipe_composes_like_fairseq_hydra_train(name):
     overrides = ["common.user_dir=plugin", "task.data=data", "checkpoint.save_dir=out", "model.model_path=m.pt"]
     overrides += {"as2m": ["task.weights_file=w.csv"], "tiny": ["model.num_classes=6"]}.get(name, [])
-    cfg = compose_recipe(name, overrides)
+    cfg = compose_recipe("finetuning", name, overrides)
     assert cfg.model.prediction_mode.name == "CLS_TOKEN"
     assert cfg.task.label_descriptors == "label_descriptors.csv" and cfg.task.labels == "lbl"
     assert cfg.criterion.can_sum is True  # multi-label logs too: the task sums per-rank slots
 
 
-def test_recipe_values():
-    as2m, as20k, esc50, spcv2, tiny = (OmegaConf.load(RECIPES / f"{n}.yaml") for n in RECIPE_NAMES)
-    warmup, lr_float = "optimizer.groups.default.lr_scheduler.warmup_updates", "optimizer.groups.default.lr_float"
-    # official finetuning.yaml values kept by every recipe
-    for cfg in (as2m, as20k, esc50, spcv2):
-        assert pick(cfg, "model.mixup_prob", "model.specaug", "model.freqm", "model.timem", "task.downsr_16hz",
-                    "task.audio_mae", "optimizer.groups.default.lr_scheduler.min_lr", "dataset.num_workers",
-                    "model.prediction_mode") == (0.9, True, 25, 200, True, True, 1e-6, 6, "PredictionMode.CLS_TOKEN")
-        assert list(cfg.optimizer.groups.default.optimizer.adam_betas) == [0.9, 0.95]
-    # finetuning_AS2M.sh
-    assert pick(as2m, "checkpoint.best_checkpoint_metric", "dataset.batch_size", "task.h5_format",
-                "task.AS2M_finetune", "task.roll_aug", "model.mixup", "model.mask_ratio", "model.num_classes",
-                "optimization.max_update", warmup, lr_float) == (
-        "mAP", 96, True, True, True, 0.8, 0.2, 527, 300000, 30000, 0.00005)
-    assert OmegaConf.is_missing(as2m.task, "weights_file") and list(as2m.criterion.log_keys) == ["_predictions",
-                                                                                                  "_targets"]
-    # finetuning_AS20K.sh
-    assert pick(as20k, "checkpoint.best_checkpoint_metric", "dataset.batch_size", "task.target_length",
-                "task.roll_aug", "optimization.max_update", warmup, "model.num_classes", "model.mixup",
-                "model.mask_ratio", "task.AS2M_finetune") == ("mAP", 48, 1024, True, 40000, 4000, 527, 0.8, 0.2,
-                                                              False)
-    # finetuning_ESC50.sh
-    assert pick(esc50, "common.log_interval", "dataset.batch_size", "task.esc50_eval", "model.esc50_eval",
-                "task.target_length", "model.target_length", "task.roll_aug", "optimization.max_update", warmup,
-                "model.num_classes", "model.mixup", "model.mask_ratio", "model.label_smoothing",
-                "checkpoint.best_checkpoint_metric") == (
-        100, 48, True, True, 512, 512, True, 4000, 400, 50, 0.0, 0.4, 0.1, "accuracy")
-    assert list(esc50.criterion.log_keys) == ["correct"] == list(spcv2.criterion.log_keys)
-    # finetuning_SPCv2.sh
-    assert pick(spcv2, "common.seed", "dataset.batch_size", "task.spcv2_eval", "model.spcv2_eval",
-                "task.target_length", "model.target_length", "task.noise", "task.roll_aug", "optimization.lr.0",
-                lr_float, "optimization.max_update", warmup, "model.num_classes", "model.mixup", "model.mask_ratio",
-                "model.label_smoothing", "checkpoint.best_checkpoint_metric") == (
-        42, 256, True, True, 128, 128, True, True, 0.0002, 0.0002, 40000, 4000, 35, 0.8, 0.2, 0.1, "accuracy")
-    # the tiny CPU recipe
-    assert pick(tiny, "common.cpu", "common.fp16", "dataset.batch_size", "dataset.required_batch_size_multiple",
-                "dataset.num_workers", "dataset.data_buffer_size", "task.esc50_eval", "model.esc50_eval",
-                "task.target_length", "model.target_length", "optimization.max_update", lr_float, warmup,
-                "common.log_interval", "dataset.validate_interval_updates", "checkpoint.best_checkpoint_metric") == (
-        True, False, 8, 2, 0, 0, True, True, 128, 128, 300, 0.002, 20, 5, 100, "accuracy")
-    assert OmegaConf.is_missing(tiny.model, "num_classes")
-    assert pick(tiny, "model.prediction_mode", "model.mixup", "model.mask_ratio", "model.label_smoothing",
-                "model.drop_path_rate", "model.layer_decay") == ("PredictionMode.CLS_TOKEN", 0.0, 0.2, 0.1, 0.1, 0.65)
-
-
 # ------------------------------------------------------------------------------ run_esc50_folds.py
 
 
-@functools.lru_cache(maxsize=None)
 def folds_script():
-    spec = importlib.util.spec_from_file_location("script_run_esc50_folds", REPO / "scripts" / "run_esc50_folds.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run_esc50_folds")
 
 
 def esc50_tree(root: Path, folds=(1, 2, 3, 4, 5)) -> Path:
@@ -580,11 +471,12 @@ def test_missing_fold_dir_and_model(tmp_path, capsys):
 
 
 def test_training_options_are_checked_at_start_up_with_one_message_each(tmp_path):
-    make_data(tmp_path, [["dog"]])
-    cfg = compose_recipe("tiny", ["common.user_dir=plugin", f"task.data={tmp_path}", "checkpoint.save_dir=out",
-                                  "model.model_path=m.pt", "model.num_classes=4", "optimization.lr=[0.0]",
-                                  "optimizer.groups.default.lr_float=-0.001", "dataset.batch_size=0",
-                                  "optimization.update_freq=[0]"])
+    make_labelled_data(tmp_path, [["dog"]])
+    required = ["common.user_dir=plugin", f"task.data={tmp_path}", "checkpoint.save_dir=out", "model.model_path=m.pt",
+                "model.num_classes=4"]
+    cfg = compose_recipe("finetuning", "tiny", [*required, "optimization.lr=[0.0]",
+                                                "optimizer.groups.default.lr_float=-0.001", "dataset.batch_size=0",
+                                                "optimization.update_freq=[0]"])
     with pytest.raises(ValueError) as err:
         MaeImageClassificationTask.setup_task(cfg.task)
     lines = str(err.value).splitlines()[1:]
@@ -595,6 +487,5 @@ def test_training_options_are_checked_at_start_up_with_one_message_each(tmp_path
         "dataset.batch_size=0: expected at least 1 clip",
         "dataset.batch_size_valid=0: expected at least 1 clip",  # fairseq: ${dataset.batch_size} by default
     ]
-    good = compose_recipe("tiny", ["common.user_dir=plugin", f"task.data={tmp_path}", "checkpoint.save_dir=out",
-                                   "model.model_path=m.pt", "model.num_classes=4"])
+    good = compose_recipe("finetuning", "tiny", required)
     assert isinstance(MaeImageClassificationTask.setup_task(good.task), MaeImageClassificationTask)

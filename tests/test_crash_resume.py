@@ -10,20 +10,18 @@ than that, so the restart resumes inside an epoch (fairseq restores the iterator
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, HYDRA_TRAIN, load_checkpoint_file, logged_rows, make_pretraining_clips, pretrain, train_env
+from helpers import load_script
 
 pytestmark = pytest.mark.slow
 
-sys.path.insert(0, str(REPO / "scripts"))
-import make_demo_data  # noqa: E402
-import make_weights  # noqa: E402
-import prepare_esc50  # noqa: E402
+make_demo_data, make_weights, prepare_esc50 = (load_script(name) for name in
+                                               ("make_demo_data", "make_weights", "prepare_esc50"))
 
 SAVE_EVERY = 4
 # time and throughput differ between runs; everything else fairseq logs must not

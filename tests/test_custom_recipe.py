@@ -10,10 +10,10 @@ from fairseq import tasks as fairseq_tasks
 from fairseq.tasks import FairseqTask
 from omegaconf import OmegaConf
 
-from test_classification_task import RECIPES, compose_recipe, make_data, task_cfg
 from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig as ModelConfig
 from eat_plugin.models.mae_image_classification import is_single_label
 from eat_plugin.tasks.classification import MaeImageClassificationTask
+from helpers import classification_task_cfg, compose_recipe, make_labelled_data
 
 CUSTOM_RECIPES = ("custom", "custom_tiny")
 # what scripts/prepare_custom.py prints and stores as summary.json "overrides" (the README shows them)
@@ -27,7 +27,8 @@ def write_summary(data: Path, **values) -> Path:
 
 def run_config(data: Path, best_metric: str = "auto", **task_overrides):
     """A run config as fairseq_cli/train.py holds it: task and checkpoint sections under one root."""
-    task = {**OmegaConf.to_container(task_cfg(data, **task_overrides)), "_name": "mae_image_classification"}
+    task = {**OmegaConf.to_container(classification_task_cfg(data, **task_overrides)),
+            "_name": "mae_image_classification"}
     return OmegaConf.create({"task": task, "checkpoint": {"best_checkpoint_metric": best_metric,
                                                            "maximize_best_checkpoint_metric": False}})
 
@@ -49,10 +50,10 @@ def setup_like_fairseq(run) -> MaeImageClassificationTask:
     ("auto", {}, {"multi_label": False}, False),
 ])
 def test_label_type_decides_single_or_multi_label(tmp_path, label_type, flags, summary, expected):
-    make_data(tmp_path, [["dog", "rain"]])
+    make_labelled_data(tmp_path, [["dog", "rain"]])
     if summary is not None:
         write_summary(tmp_path, **summary)
-    task = MaeImageClassificationTask.setup_task(task_cfg(tmp_path, label_type=label_type, **flags))
+    task = MaeImageClassificationTask.setup_task(classification_task_cfg(tmp_path, label_type=label_type, **flags))
     assert task.multi_label is expected
     assert task.validation_metric == ("mAP" if expected else "accuracy")
 
@@ -63,25 +64,25 @@ def test_label_type_decides_single_or_multi_label(tmp_path, label_type, flags, s
     ({"multi_label": "yes"}, r"no boolean 'multi_label' \(got 'yes'\)"),
 ])
 def test_auto_label_type_without_a_usable_summary_names_the_file(tmp_path, summary, message):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     if summary is not None:
         write_summary(tmp_path, **summary)
     with pytest.raises(ValueError, match=message):
-        MaeImageClassificationTask.setup_task(task_cfg(tmp_path, label_type="auto"))
+        MaeImageClassificationTask.setup_task(classification_task_cfg(tmp_path, label_type="auto"))
 
 
 def test_unreadable_summary_and_unknown_label_type(tmp_path):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"label_type=auto: cannot read .*summary\.json"):
-        MaeImageClassificationTask.setup_task(task_cfg(tmp_path, label_type="auto"))
+        MaeImageClassificationTask.setup_task(classification_task_cfg(tmp_path, label_type="auto"))
     with pytest.raises(ValueError, match=r"task\.label_type='both': expected one of \['flags', 'single'"):
-        MaeImageClassificationTask.setup_task(task_cfg(tmp_path, label_type="both"))
+        MaeImageClassificationTask.setup_task(classification_task_cfg(tmp_path, label_type="both"))
 
 
 @pytest.mark.parametrize("multi_label, metric", [(True, "mAP"), (False, "accuracy")])
 def test_auto_choices_are_written_into_the_run_config(tmp_path, multi_label, metric):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     write_summary(tmp_path, multi_label=multi_label)
     run = run_config(tmp_path, label_type="auto")
     task = setup_like_fairseq(run)
@@ -94,7 +95,7 @@ def test_auto_choices_are_written_into_the_run_config(tmp_path, multi_label, met
 
 
 def test_an_explicit_best_checkpoint_metric_is_kept(tmp_path):
-    make_data(tmp_path, [["dog"]])
+    make_labelled_data(tmp_path, [["dog"]])
     write_summary(tmp_path, multi_label=True)
     run = run_config(tmp_path, best_metric="loss", label_type="auto")
     setup_like_fairseq(run)
@@ -113,8 +114,8 @@ def built_model_configs(task, monkeypatch, model_cfg):
 
 @pytest.mark.parametrize("label_type, multi_label", [("single", False), ("multi", True)])
 def test_task_fills_num_classes_and_tells_the_model_the_label_type(tmp_path, monkeypatch, label_type, multi_label):
-    make_data(tmp_path, [["dog"]])  # 4 classes in the table
-    task = MaeImageClassificationTask.setup_task(task_cfg(tmp_path, label_type=label_type))
+    make_labelled_data(tmp_path, [["dog"]])  # 4 classes in the table
+    task = MaeImageClassificationTask.setup_task(classification_task_cfg(tmp_path, label_type=label_type))
     model_cfg = OmegaConf.create({"_name": "mae_image_classification", "num_classes": None})
     (cfg,) = built_model_configs(task, monkeypatch, model_cfg)
     assert (cfg.num_classes, cfg.multi_label) == (4, multi_label)
@@ -123,16 +124,16 @@ def test_task_fills_num_classes_and_tells_the_model_the_label_type(tmp_path, mon
 
 
 def test_official_flags_leave_the_model_config_alone(tmp_path, monkeypatch):
-    make_data(tmp_path, [["dog"]])
-    task = MaeImageClassificationTask.setup_task(task_cfg(tmp_path, esc50_eval=True))
+    make_labelled_data(tmp_path, [["dog"]])
+    task = MaeImageClassificationTask.setup_task(classification_task_cfg(tmp_path, esc50_eval=True))
     (cfg,) = built_model_configs(task, monkeypatch, OmegaConf.create({"_name": "mae_image_classification",
                                                                       "num_classes": 4}))
     assert "multi_label" not in cfg
 
 
 def test_model_label_type_that_contradicts_the_task_is_refused(tmp_path, monkeypatch):
-    make_data(tmp_path, [["dog"]])
-    task = MaeImageClassificationTask.setup_task(task_cfg(tmp_path, label_type="single"))
+    make_labelled_data(tmp_path, [["dog"]])
+    task = MaeImageClassificationTask.setup_task(classification_task_cfg(tmp_path, label_type="single"))
     with pytest.raises(ValueError, match=r"model\.multi_label=True but task\.label_type says .* single-label"):
         built_model_configs(task, monkeypatch, OmegaConf.create({"_name": "mae_image_classification",
                                                                   "num_classes": 4, "multi_label": True}))
@@ -162,7 +163,7 @@ def test_model_without_a_class_count_says_who_fills_it():
 def test_custom_recipe_composes_with_the_readme_overrides(tmp_path, name):
     overrides = [f"task.data={tmp_path}", f"checkpoint.save_dir={tmp_path}",
                  f"model.model_path={tmp_path / 'pretrained.pt'}", *shlex.split(PREPARED_OVERRIDES)]
-    cfg = OmegaConf.to_container(compose_recipe(name, overrides), resolve=True)
+    cfg = OmegaConf.to_container(compose_recipe("finetuning", name, overrides), resolve=True)
     assert (cfg["task"]["target_length"], cfg["model"]["target_length"]) == (208, 208)  # one override sets both
     assert (cfg["task"]["norm_mean"], cfg["task"]["norm_std"]) == (-6.5123, 4.2345)
     assert (cfg["task"]["label_type"], cfg["model"]["num_classes"], cfg["checkpoint"]["best_checkpoint_metric"]) == (
@@ -172,7 +173,7 @@ def test_custom_recipe_composes_with_the_readme_overrides(tmp_path, name):
 
     # the task sets up on prepared data and fills in what the recipe leaves to it
     for split in ("train", "valid"):
-        make_data(tmp_path, [["dog"], ["rain"]], split=split)
+        make_labelled_data(tmp_path, [["dog"], ["rain"]], split=split)
     write_summary(tmp_path, multi_label=False)
     run = OmegaConf.create(cfg)
     task = setup_like_fairseq(run)
@@ -181,31 +182,15 @@ def test_custom_recipe_composes_with_the_readme_overrides(tmp_path, name):
     assert (stats.mean, stats.std) == (-6.5123, 4.2345)
 
 
-def test_custom_recipes_start_from_the_esc50_values():
-    esc50, custom, tiny_esc50, tiny = (OmegaConf.load(RECIPES / f"{n}.yaml")
-                                       for n in ("esc50", "custom", "tiny", "custom_tiny"))
-    shared = ["model.mixup", "model.label_smoothing", "model.specaug", "model.mask_ratio", "task.roll_aug",
-              "dataset.batch_size", "optimization.max_update", "optimization.lr",
-              "optimizer.groups.default.lr_float", "optimizer.groups.default.lr_scheduler.warmup_updates",
-              "optimizer.groups.default.optimizer.weight_decay", "model.prediction_mode"]
-    for path in shared:  # the full recipe keeps ESC-50's values, the tiny one the tiny ESC-50 recipe's
-        assert OmegaConf.select(custom, path) == OmegaConf.select(esc50, path), path
-        if path != "optimization.max_update":
-            assert OmegaConf.select(tiny, path) == OmegaConf.select(tiny_esc50, path), path
-    assert (tiny_esc50.optimization.max_update, tiny.optimization.max_update) == (300, 600)
-    for cfg in (custom, tiny):
-        assert cfg.task.esc50_eval is False and cfg.task.label_type == "auto" and cfg.task.min_sample_size == 0
-
-
 def test_custom_recipe_fine_tunes_an_official_pretrained_checkpoint_multi_label(tmp_path, golden_dir):
     """A released-format pre-training checkpoint (the golden one) under the custom recipe, multi-label data."""
     for split in ("train", "valid"):
-        make_data(tmp_path, [["dog", "rain"], ["rain"], ["siren"], ["dog", "bell"]], split=split)
+        make_labelled_data(tmp_path, [["dog", "rain"], ["rain"], ["siren"], ["dog", "bell"]], split=split)
     write_summary(tmp_path, multi_label=True)
     overrides = [f"task.data={tmp_path}", f"checkpoint.save_dir={tmp_path}",
                  f"model.model_path={golden_dir / 'pretrain' / 'checkpoint_last.pt'}", "task.target_length=64",
                  "task.norm_mean=-5.0", "task.norm_std=4.0"]
-    run = OmegaConf.create(OmegaConf.to_container(compose_recipe("custom_tiny", overrides), resolve=True,
+    run = OmegaConf.create(OmegaConf.to_container(compose_recipe("finetuning", "custom_tiny", overrides), resolve=True,
                                                   enum_to_str=True))  # as fairseq_cli/hydra_train.py does
     task = setup_like_fairseq(run)
     model = task.build_model(run.model)

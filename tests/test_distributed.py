@@ -24,6 +24,7 @@ import torch
 
 from conftest import (HYDRA_TRAIN, REPO, load_checkpoint_file, logged_rows, make_pretraining_clips, pretrain,
                       pretraining_command, train_env)
+from helpers import TARGET_LENGTH, load_script, tiny_pretraining_model
 
 pytestmark = pytest.mark.slow
 
@@ -112,29 +113,17 @@ def test_official_cls_scale_weights_the_cls_term_by_one_over_world_size(data, tm
 def test_mask_noise_of_a_clip_does_not_depend_on_its_batch():
     """The decoder input of clip 7 is the same in a batch of its own and in a batch with clip 3."""
     from eat_plugin.data.datasets import BlockMaskSpec
-    from eat_plugin.models.data2vec_multi import Data2VecMultiModel
-    from eat_plugin.models.pretraining_config import Data2VecMultiConfig
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig), {
-        "depth": 1, "embed_dim": 32, "num_heads": 2, "average_top_k_layers": 1, "clone_batch": 2, "seed": 5,
-        "max_update": 10, "ema_anneal_end_step": 10, "ema_encoder_only": False, "cls_loss": 1,
-        "encoder_dropout": 0, "post_mlp_drop": 0, "attention_dropout": 0,
-        "modalities": {"image": {"in_chans": 1, "embed_dim": 32, "target_length": 32, "max_length": 8,
-                                 "inverse_mask": True, "mask_prob": 0.6, "num_extra_tokens": 1, "prenet_depth": 0,
-                                 "ema_local_encoder": True,
-                                 "decoder": {"decoder_dim": 16, "decoder_groups": 4, "decoder_layers": 1,
-                                             "decoder_kernel": 3, "input_dropout": 0}}}})
-    model = Data2VecMultiModel(cfg).train()
+    model = tiny_pretraining_model().train()
     seen = []
     model.modality_encoders["IMAGE"].decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
-    spec = BlockMaskSpec(clone_batch=2, mask_prob=0.6)
-    source = torch.randn(2, 1, 32, 128)
-    masks = [spec.sample(32, torch.Generator().manual_seed(i)) for i in range(2)]  # (2, 16) each
+    spec = BlockMaskSpec(clone_batch=2, mask_prob=0.8, mask_prob_adjust=0.07)  # the tiny model's masking
+    source = torch.randn(2, 1, TARGET_LENGTH, 128)
+    masks = [spec.sample(TARGET_LENGTH, torch.Generator().manual_seed(i)) for i in range(2)]  # (2, 64) each
     model(source, id=[3, 7], precomputed_mask=torch.cat(masks))
     model(source[1:], id=[7], precomputed_mask=masks[1])
-    together, alone = seen  # (4, 16, 32), (2, 16, 32): rows 2, 3 of `together` are clip 7's clones
-    masked = masks[1].bool()  # (2, 16)
+    together, alone = seen  # (4, 64, 32), (2, 64, 32): rows 2, 3 of `together` are clip 7's clones
+    masked = masks[1].bool()  # (2, 64)
     assert torch.equal(together[2:][masked], alone[masked])  # the noise: bit for bit
     torch.testing.assert_close(together[2:], alone)  # the visible tokens: the same computation
     assert alone[masked].std().item() == pytest.approx(0.01, rel=0.2)  # N(0, mask_noise_std)
@@ -146,10 +135,7 @@ def test_mask_noise_of_a_clip_does_not_depend_on_its_batch():
 @pytest.fixture(scope="module")
 def esc_data(tmp_path_factory):
     """Demo data, ESC-50 layout, fold 1 held out: 48 training and 12 held-out clips, 6 classes."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    import make_demo_data
-    import prepare_esc50
-
+    make_demo_data, prepare_esc50 = load_script("make_demo_data"), load_script("prepare_esc50")
     root = tmp_path_factory.mktemp("ddp_ft")
     assert make_demo_data.main(["--out", str(root / "esc"), "--clips-per-class-per-fold", "2"]) == 0
     assert prepare_esc50.main(["--esc50-root", str(root / "esc"), "--out", str(root / "data"), "--folds", "1"]) == 0

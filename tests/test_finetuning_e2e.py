@@ -9,27 +9,20 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fairseq import checkpoint_utils, utils
 
-from conftest import REPO
+from conftest import HYDRA_TRAIN, REPO
+from eat_plugin.checkpoint import load_checkpoint
+from eat_plugin.plots import training_figures
+from eat_plugin.training_log import read_training_log
+from helpers import load_script, load_with_fairseq
 
-sys.path.insert(0, str(REPO / "scripts"))
-import evaluate  # noqa: E402
-import make_demo_data  # noqa: E402
-import prepare_custom  # noqa: E402
-import prepare_esc50  # noqa: E402
-from eat_plugin.checkpoint import load_checkpoint  # noqa: E402
-from eat_plugin.plots import training_figures  # noqa: E402
-from eat_plugin.training_log import read_training_log  # noqa: E402
-
-HYDRA_TRAIN = Path(sys.executable).parent / "fairseq-hydra-train"
+evaluate, make_demo_data, prepare_custom, prepare_esc50 = (
+    load_script(name) for name in ("evaluate", "make_demo_data", "prepare_custom", "prepare_esc50"))
 NUM_CLASSES = 6  # make_demo_data's sound classes
 CHANCE = 100.0 / NUM_CLASSES  # 16.7 % accuracy
 REQUIRED = 50.0  # 3x chance; the recipe reaches 75 % here (12 of 24 clips would be 50 %)
@@ -76,9 +69,7 @@ def test_pretrain_then_finetune_beats_chance_and_reloads_without_pretraining_fil
     # the fine-tuned checkpoint carries the pre-training config: it reloads with the file gone
     pretrained.unlink()
     best = tmp_path / "finetune" / "checkpoint_best.pt"
-    utils.import_user_module(Namespace(user_dir=str(REPO / "eat_plugin")))
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(best)], arg_overrides={"data": str(data)})
-    model = models[0].eval()
+    model, _, task = load_with_fairseq(best, data=str(data))
     task.load_dataset("eval")
     dataset = task.dataset("eval")
     batch = dataset.collater([dataset[i] for i in range(len(dataset))])

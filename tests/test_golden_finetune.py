@@ -1,21 +1,15 @@
 """The official fine-tuned checkpoint loads through fairseq's loader (no pre-training file needed)
 and reproduces the official eval-mode logits, backbone features and losses."""
 
-from argparse import Namespace
-
 import pytest
 import torch
-from fairseq import checkpoint_utils, utils
 
-from conftest import REPO
+from helpers import load_with_fairseq
 
 
 def load(golden_dir, data_dir, **overrides):
-    utils.import_user_module(Namespace(user_dir=str(REPO / "eat_plugin")))
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(golden_dir / "finetune" / "checkpoint_last.pt")], arg_overrides={"data": str(data_dir), **overrides}
-    )
-    return models[0], task
+    model, _, task = load_with_fairseq(golden_dir / "finetune" / "checkpoint_last.pt", data=str(data_dir), **overrides)
+    return model, task
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The front end and datasets reproduce the official implementation's outputs (../shared/golden)."""
+"""The front end and datasets reproduce the official implementation's outputs (tests/golden)."""
 
 import torch
 

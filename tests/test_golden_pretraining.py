@@ -1,13 +1,10 @@
 """The official pre-training checkpoint loads through fairseq's own loader and reproduces every stored output."""
 
-from argparse import Namespace
-
 import pytest
 import torch
-from fairseq import checkpoint_utils, utils
 
-from conftest import REPO
-from eat_plugin.modules.attention import set_fused_attention
+from eat_plugin.modules.attention import fused_attention
+from helpers import load_with_fairseq
 
 
 @pytest.fixture
@@ -16,12 +13,9 @@ def golden(golden_dir):
 
 
 def load_official(golden_dir, data_dir):
-    utils.import_user_module(Namespace(user_dir=str(REPO / "eat_plugin")))
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(golden_dir / "pretrain" / "checkpoint_last.pt")],
-        arg_overrides={"data": str(data_dir), "mask_noise_std": 0.0},
-    )
-    return models[0], task
+    model, _, task = load_with_fairseq(golden_dir / "pretrain" / "checkpoint_last.pt", data=str(data_dir),
+                                       mask_noise_std=0.0)
+    return model, task
 
 
 def close(actual, expected, tol):
@@ -35,8 +29,7 @@ def test_official_pretraining_checkpoint_reproduces_outputs(golden_dir, golden_d
     tol = golden["tolerances"]
     fbank = torch.load(golden_dir / "fbank_ref.pt", map_location="cpu", weights_only=False)["fbank"]
     source = torch.stack([fbank[w] for w in golden["input"]["wavs"]])  # (2, 1, 128, 128)
-    set_fused_attention(fused)
-    try:
+    with fused_attention(fused):
         model.eval()
         out = model.extract_features(source, padding_mask=None, mask=False, remove_extra_tokens=False)
         close(out["x"], golden["student"]["x"], tol["x"])
@@ -49,8 +42,6 @@ def test_official_pretraining_checkpoint_reproduces_outputs(golden_dir, golden_d
 
         model.train()
         result = model(source=source, precomputed_mask=golden["train_forward"]["precomputed_mask"])
-    finally:
-        set_fused_attention(True)
     expected = golden["train_forward"]
     assert result["sample_size"] == expected["sample_size"] == 312
     for key in ("IMAGE_regression", "cls"):

@@ -3,14 +3,12 @@
 
 import json
 import struct
-import sys
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from eat_plugin.checkpoint import load_checkpoint
 from eat_plugin.hf import (
     eat_config,
@@ -23,12 +21,11 @@ from eat_plugin.hf import (
 )
 from eat_plugin.models.mae_image_classification import MaeImageClassificationModel
 from eat_plugin.safetensors_io import read_safetensors, save_safetensors
-from test_checkpoint_interchange import (load_with_fairseq, official_checkpoint, reference_features,
-                                         write_label_descriptors)
-from test_classification_model import finetune_config, save_pretrained
+from helpers import (finetune_config, load_script, load_with_fairseq, official_checkpoint, reference_features,
+                     save_pretrained)
+from helpers.official import write_class_table
 
-sys.path.insert(0, str(REPO / "scripts"))
-import convert_hf  # noqa: E402
+convert_hf = load_script("convert_hf")
 
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 HF_TO_FAIRSEQ = {  # written out from reference §9.3, independently of eat_plugin.hf
@@ -207,7 +204,7 @@ def test_finetuned_round_trip(tmp_path, finetuned):
     hf, config = fairseq_to_hf(state)
     assert (config["model_variant"], config["num_classes"]) == ("finetune", 5)
     assert list(hf)[-4:] == ["model.fc_norm.weight", "model.fc_norm.bias", "model.head.weight", "model.head.bias"]
-    data = write_label_descriptors(tmp_path / "data", num_classes=5)
+    data = write_class_table(tmp_path / "data", num_classes=5)
     x = clips(1)
     with torch.no_grad():
         expected = model(x)

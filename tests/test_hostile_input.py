@@ -25,7 +25,6 @@ import soundfile as sf
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 import eat_plugin
 from conftest import write_wav
@@ -41,9 +40,7 @@ from eat_plugin.data.manifest import (
     write_label_descriptors,
     write_split,
 )
-from eat_plugin.models.data2vec_multi import Data2VecMultiModel
-from eat_plugin.models.mae_image_classification import MaeImageClassificationConfig, MaeImageClassificationModel
-from eat_plugin.models.pretraining_config import Data2VecMultiConfig
+from helpers import TARGET_LENGTH, save_finetuned, save_pretrained
 
 PROPERTY = settings(deadline=None, derandomize=True, database=None, max_examples=20,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -570,51 +567,15 @@ def test_dataset_refuses_a_bom_less_latin1_manifest_before_reading_audio(tmp_pat
 
 # ============================================================================================= the API
 
-TARGET_LENGTH = 128  # the tiny model's 8 x 8 patch grid
 CLASSES = ["/m/a", "/m/b", "/m/c"]
-
-
-HISTORY = [{"criterion_name": "ModelCriterion", "optimizer_name": "FairseqCompositeOptimizer",
-            "lr_scheduler_state": {}, "num_updates": 0}]  # fairseq's loader reads the last entry
-
-
-def tiny_pretrained_checkpoint(path: Path) -> None:
-    """A fairseq-layout pre-training checkpoint of a dim-32, depth-2 model (as tests/test_api.py builds one)."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig), {
-        "embed_dim": 32, "num_heads": 2, "depth": 2, "average_top_k_layers": 2, "clone_batch": 2,
-        "ema_anneal_end_step": 10, "max_update": 10, "seed": 1, "encoder_dropout": 0.0, "post_mlp_drop": 0.0,
-        "attention_dropout": 0.0, "ema_encoder_only": False, "supported_modality": "IMAGE",
-        "modalities": {"image": {"in_chans": 1, "embed_dim": 32, "target_length": TARGET_LENGTH, "max_length": 64,
-                                 "prenet_depth": 0, "ema_local_encoder": True, "num_extra_tokens": 1, "num_alibi_heads": 2, "model_depth": 2,
-                                 "decoder": {"decoder_dim": 32, "decoder_groups": 8, "decoder_layers": 2}}},
-    })
-    torch.manual_seed(0)
-    model = Data2VecMultiModel(cfg)
-    model_cfg = {**OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "_name": "data2vec_multi"}
-    torch.save({"cfg": {"model": model_cfg, "task": {"_name": "mae_image_pretraining"}, "criterion": {"_name": "model"}},
-                "model": model.state_dict(), "optimizer_history": HISTORY, "extra_state": {}, "args": None}, path)
-
-
-def tiny_finetuned_checkpoint(path: Path, pretrained: Path) -> None:
-    """A multi-label fine-tuned checkpoint with its class ids stored in task_state (no data dir needed)."""
-    cfg = OmegaConf.merge(OmegaConf.structured(MaeImageClassificationConfig), {
-        "model_path": str(pretrained), "num_classes": len(CLASSES), "data": "", "target_length": TARGET_LENGTH,
-        "drop_path_rate": 0.0, "audio_mae": True})
-    torch.manual_seed(1)
-    model = MaeImageClassificationModel(cfg).eval()
-    torch.nn.init.normal_(model.head.weight, std=1.0)  # spread the logits so that comparisons mean something
-    model_cfg = {**OmegaConf.to_container(cfg, enum_to_str=True), "_name": "mae_image_classification"}
-    torch.save({"cfg": {"model": model_cfg, "task": {"_name": "mae_image_classification", "data": "",
-                                                     "target_length": TARGET_LENGTH}, "criterion": {"_name": "model"}},
-                "model": model.state_dict(), "task_state": {"labels": {c: str(i) for i, c in enumerate(CLASSES)}},
-                "optimizer_history": HISTORY, "extra_state": {}, "args": None}, path)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
+    """A multi-label fine-tuned tiny model whose class ids are stored in task_state (no data dir needed)."""
     root = tmp_path_factory.mktemp("hostile_api")
-    tiny_pretrained_checkpoint(root / "pretrain.pt")
-    tiny_finetuned_checkpoint(root / "finetuned.pt", root / "pretrain.pt")
+    save_pretrained(root / "pretrain.pt")
+    save_finetuned(root / "finetuned.pt", root / "pretrain.pt", CLASSES, seed=1)
     return eat_plugin.load_model(root / "finetuned.pt", batch_size=64)
 
 

@@ -1,7 +1,6 @@
 """scripts/inference.py, evaluate.py and extract_features.py end to end on generated clips, checked against the API."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,20 +17,10 @@ import eat_plugin
 from conftest import REPO, tone, write_wav
 from eat_plugin.data.manifest import read_label_descriptors, read_labels, read_manifest
 from eat_plugin.metrics import mean_average_precision
-from test_checkpoint import RunsCode
-from test_api import LABEL_IDS, LABEL_NAMES, NUM_CLASSES, TARGET_LENGTH, build_checkpoints, noise, samples_for
+from helpers import (LABEL_IDS, LABEL_NAMES, NUM_CLASSES, TARGET_LENGTH, RunsCode, build_checkpoints, load_script,
+                     noise, samples_for)
 
 SCRIPTS = ("inference", "evaluate", "extract_features")
-
-
-def load_script(name: str):
-    """Import scripts/{name}.py under a unique module name (``evaluate`` is also a PyPI package)."""
-    spec = importlib.util.spec_from_file_location(f"eat_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 inference, evaluate, extract_features = (load_script(name) for name in SCRIPTS)
 
 

@@ -10,7 +10,6 @@ import ast
 import dataclasses
 import enum
 import typing
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,32 +19,16 @@ from fairseq.tasks import TASK_DATACLASS_REGISTRY
 from omegaconf import OmegaConf
 
 import eat_plugin  # noqa: F401  (registers the models and tasks)
-from conftest import REPO
+from eat_plugin.data.datasets import BlockMaskSpec
 from eat_plugin.official_fields import INERT, REFUSED
+from helpers import PLUGIN_FIELDS, REPO, TARGET_LENGTH, official_fields, tiny_pretraining_config
+from helpers.official import official_default
 
-TABLE = Path(__file__).parent / "data" / "official_config_fields.tsv"
-# Our additions to the official dataclasses (not in the official code; loaders drop unknown keys).
-PLUGIN_FIELDS = {
-    "model:data2vec_multi.cls_loss_scale",
-    "model:mae_image_classification.multi_label", "model:mae_image_classification.mixup_pairs",
-    "task:mae_image_pretraining.min_sample_size", "task:mae_image_pretraining.norm_mean",
-    "task:mae_image_pretraining.norm_std", "task:mae_image_pretraining.skip_bad_clips",
-    "task:mae_image_classification.min_sample_size", "task:mae_image_classification.norm_mean",
-    "task:mae_image_classification.norm_std", "task:mae_image_classification.skip_bad_clips",
-    "task:mae_image_classification.label_type",
-}
+TINY_MASKS = BlockMaskSpec(clone_batch=2, mask_prob=0.8, mask_prob_adjust=0.07)  # the tiny model's masking
+
 # Declared wider than the official type on purpose; the value stored in a checkpoint is always of the
 # official type (the task fills num_classes: null from the class table before the model is built).
 WIDENED = {"model:mae_image_classification.num_classes": "Optional[int]"}
-
-
-def official_fields() -> dict:
-    rows = {}
-    for line in TABLE.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, declared, default = line.split("\t")
-            rows[key] = (declared, default)
-    return rows
 
 
 def type_name(tp, nested: bool = False) -> str:
@@ -80,10 +63,6 @@ def ours() -> dict:
                 for path, tp, default in declared_fields(registry[name]):
                     fields[f"{section}:{name}.{path}"] = (tp, default)
     return fields
-
-
-def official_default(text: str):
-    return ast.literal_eval(text) if not text.startswith("<") else text
 
 
 def test_every_official_field_is_declared_with_its_official_type_and_default():
@@ -143,25 +122,6 @@ def test_no_official_field_is_read_by_nothing():
     assert unread == []
 
 
-def tiny_pretraining_cfg(**overrides):
-    from eat_plugin.models.pretraining_config import Data2VecMultiConfig
-
-    values = {
-        "depth": 2, "embed_dim": 32, "num_heads": 2, "average_top_k_layers": 2, "clone_batch": 2, "cls_loss": 1,
-        "max_update": 10, "ema_anneal_end_step": 10, "seed": 1, "ema_encoder_only": False,
-        "encoder_dropout": 0, "post_mlp_drop": 0, "attention_dropout": 0,
-        "modalities": {"image": {"in_chans": 1, "embed_dim": 32, "target_length": 32, "max_length": 8,
-                                 "inverse_mask": True, "mask_prob": 0.6, "num_extra_tokens": 1, "prenet_depth": 0,
-                                 "ema_local_encoder": True, "init_extra_token_zero": False,
-                                 "decoder": {"decoder_dim": 16, "decoder_groups": 4, "decoder_layers": 1,
-                                             "decoder_kernel": 3, "input_dropout": 0}}},
-    }
-    cfg = OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig), values)
-    for path, value in overrides.items():
-        OmegaConf.update(cfg, path, value)
-    return cfg
-
-
 def refused_model_cases():
     from eat_plugin.models.pretraining_config import D2vDecoderConfig
 
@@ -185,7 +145,7 @@ def test_each_refused_model_field_stops_the_build_naming_it(path, value):
     from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 
     with pytest.raises(ValueError, match=rf"model\.{path}=.* is not supported"):
-        Data2VecMultiModel(tiny_pretraining_cfg(**{path: value}))
+        Data2VecMultiModel(tiny_pretraining_config(**{path: value}))
 
 
 @pytest.mark.parametrize("path,value,expected", [
@@ -193,8 +153,8 @@ def test_each_refused_model_field_stops_the_build_naming_it(path, value):
     ("average_top_k_layers", 3, "between 1 and model.depth=2"),
     ("clone_batch", 0, "at least 1"),
     ("modalities.image.mask_prob", 1.0, "a fraction strictly between 0 and 1"),
-    ("modalities.image.decoder.decoder_groups", 3, "a divisor of decoder_dim=16"),
-    ("modalities.image.target_length", 144, "at most max_length \\* 16 = 128"),
+    ("modalities.image.decoder.decoder_groups", 3, "a divisor of decoder_dim=32"),
+    ("modalities.image.target_length", 1040, "at most max_length \\* 16 = 1024"),
     ("encoder_dropout", 1.0, "a probability in \\[0, 1\\)"),
     ("ema_end_decay", 1.5, "a decay in \\[0, 1\\]"),
     ("cls_loss_scale", "world", "one of"),
@@ -206,18 +166,17 @@ def test_out_of_range_values_give_one_message_naming_the_field(path, value, expe
     if path == "embed_dim":
         overrides["modalities.image.embed_dim"] = value
     with pytest.raises(ValueError, match=rf"model\.{path}={value!r}: expected {expected}"):
-        Data2VecMultiModel(tiny_pretraining_cfg(**overrides))
+        Data2VecMultiModel(tiny_pretraining_config(**overrides))
 
 
 def test_decoder_input_dropout_is_the_official_in_place_dropout_of_the_student_output():
     """Official ``decoder_input``: ``F.dropout(x, p, inplace=True)`` on the student's output (CLS included)
     before the mask tokens go in, so the CLS loss also sees the dropped-out CLS."""
-    from eat_plugin.data.datasets import BlockMaskSpec
     from eat_plugin.losses import regression_loss
     from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 
     p = 0.5
-    model = Data2VecMultiModel(tiny_pretraining_cfg(**{"modalities.image.decoder.input_dropout": p})).train()
+    model = Data2VecMultiModel(tiny_pretraining_config(**{"modalities.image.decoder.input_dropout": p})).train()
     captured = {}
 
     def keep_student(module, args, out):
@@ -228,8 +187,8 @@ def test_decoder_input_dropout_is_the_official_in_place_dropout_of_the_student_o
 
     model.blocks[-1].register_forward_hook(keep_student)
     model.modality_encoders["IMAGE"].decoder.register_forward_pre_hook(keep_decoder_input)
-    source = torch.randn(2, 1, 32, 128)
-    masks = torch.cat([BlockMaskSpec(2, 0.6).sample(32, torch.Generator().manual_seed(i)) for i in range(2)])
+    source = torch.randn(2, 1, TARGET_LENGTH, 128)
+    masks = torch.cat([TINY_MASKS.sample(TARGET_LENGTH, torch.Generator().manual_seed(i)) for i in range(2)])
     torch.manual_seed(123)
     out = model(source, id=[0, 1], precomputed_mask=masks)
     torch.manual_seed(123)  # the dropout is the only draw from the global RNG (noise is keyed by clip id)
@@ -249,10 +208,9 @@ def test_decoder_input_dropout_is_the_official_in_place_dropout_of_the_student_o
 
 
 def test_log_norms_logs_the_official_model_and_ema_norms():
-    from eat_plugin.data.datasets import BlockMaskSpec
     from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 
-    model = Data2VecMultiModel(tiny_pretraining_cfg()).train()
+    model = Data2VecMultiModel(tiny_pretraining_config()).train()
     teacher_keys = set(model.teacher.fp32_params)
     before = {k: v.clone() for k, v in model.teacher.fp32_params.items()}
     model.set_num_updates(1)  # one EMA step
@@ -262,13 +220,13 @@ def test_log_norms_logs_the_official_model_and_ema_norms():
     expected_model = torch.sqrt(sum((student[k].detach() ** 2).sum() for k in trainable))
     expected_ema = torch.sqrt(sum(((decay * before[k] + (1 - decay) * student[k].detach()) ** 2).sum()
                                   for k in trainable))
-    masks = torch.cat([BlockMaskSpec(2, 0.6).sample(32, torch.Generator().manual_seed(i)) for i in range(2)])
-    out = model(torch.randn(2, 1, 32, 128), id=[0, 1], precomputed_mask=masks)
+    masks = torch.cat([TINY_MASKS.sample(TARGET_LENGTH, torch.Generator().manual_seed(i)) for i in range(2)])
+    out = model(torch.randn(2, 1, TARGET_LENGTH, 128), id=[0, 1], precomputed_mask=masks)
     torch.testing.assert_close(out["model_norm"], expected_model)
     torch.testing.assert_close(out["ema_norm"], expected_ema)
-    off = Data2VecMultiModel(tiny_pretraining_cfg(log_norms=False)).train()
+    off = Data2VecMultiModel(tiny_pretraining_config(log_norms=False)).train()
     off.set_num_updates(1)
-    assert "model_norm" not in off(torch.randn(2, 1, 32, 128), id=[0, 1], precomputed_mask=masks)
+    assert "model_norm" not in off(torch.randn(2, 1, TARGET_LENGTH, 128), id=[0, 1], precomputed_mask=masks)
 
 
 def test_fine_tuning_specaugment_widths_are_official_integers():

@@ -5,21 +5,18 @@ progress bar (JsonProgressBar + TensorboardProgressBarWrapper) then writes the s
 and TensorBoard events, and both readers must return exactly those values.
 """
 
-import importlib.util
 import logging
 
 import numpy as np
 import pytest
 from fairseq.logging import progress_bar
 
-from conftest import REPO
 from eat_plugin import plots
 from eat_plugin.training_log import (TrainingLog, TrainingLogError, maximized_by_name, read_json_log,
                                      read_tensorboard, read_training_log)
+from helpers import load_script
 
-spec = importlib.util.spec_from_file_location("eat_script_plot_training", REPO / "scripts" / "plot_training.py")
-plot_training = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plot_training)
+plot_training = load_script("plot_training")
 
 # A pre-training-like train_inner section, end-of-epoch train lines and an 'eval' validation subset (ESC-50's name).
 LOG = """\

@@ -23,7 +23,8 @@ import torchaudio
 from conftest import broadband, write_wav
 from eat_plugin.data import custom
 from eat_plugin.data.manifest import Clip, read_label_descriptors, read_manifest
-from test_prepare_scripts import SCRIPTS, read_split, script, skipped_reasons
+from helpers import SCRIPTS, read_split, skipped_reasons
+from helpers import load_script as script
 
 SR = 16000
 

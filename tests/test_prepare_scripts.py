@@ -8,8 +8,6 @@ expectations computed here independently of the scripts.
 from __future__ import annotations
 
 import csv
-import functools
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,21 +25,12 @@ from eat_plugin.data.manifest import (
     write_label_descriptors,
     write_split,
 )
+from helpers import SCRIPTS, read_split, skipped_reasons
+from helpers import load_script as script
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SCRIPT_NAMES = ("prepare_esc50", "prepare_spcv2", "prepare_audioset", "make_weights", "make_demo_data")
 SR = 16000
 ESC50_HEADER = "filename,fold,target,category,esc10,src_file,take"
-
-
-@functools.lru_cache(maxsize=None)
-def script(name: str):
-    """Import ``scripts/{name}.py`` as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script executes
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_wav(path: Path, num_samples: int, seed: int = 0, sample_rate: int = SR) -> int:
@@ -59,22 +48,6 @@ def write_truncated_wav(path: Path) -> None:
     write_wav(path, 1600)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-
-
-def read_split(data_dir: Path, split: str) -> Tuple[Dict[str, int], Dict[str, List[str]]]:
-    """Read ``{split}.tsv``/``.lbl`` back: ``{relpath: num_samples}``, ``{relpath: [label ids]}`` (manifest order)."""
-    manifest = read_manifest(data_dir / f"{split}.tsv")
-    descriptors = read_label_descriptors(data_dir / "label_descriptors.csv")
-    labels = read_labels(data_dir / f"{split}.lbl", descriptors, manifest)
-    lengths = {row.relpath: row.num_samples for row in manifest.rows}
-    ids = {row.relpath: [descriptors.ids[i] for i in row_labels] for row, row_labels in zip(manifest.rows, labels)}
-    return lengths, ids
-
-
-def skipped_reasons(summary_path: Path) -> Dict[str, str]:
-    """``{file name or id: reason}`` over every split of ``summary.json``."""
-    summary = json.loads(summary_path.read_text())
-    return {Path(k["path"]).name: k["reason"] for split in summary["skipped"].values() for k in split}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,43 +5,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from eat_plugin.criterions.pretraining import TrainingCollapseError, check_variances
 from eat_plugin.losses import dino_loss, normalized_pixels, regression_loss, teacher_targets
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, iter_field_paths
-from eat_plugin.modules.attention import set_fused_attention
+from eat_plugin.modules.attention import fused_attention
 from eat_plugin.modules.block import PostLNBlock
 from eat_plugin.modules.ema import annealed_decay
 from eat_plugin.modules.encoder import sincos_pos_table
 from eat_plugin.masking import compute_block_mask_2d, make_mask_info, num_visible_patches
-
-
-def tiny_config(**overrides) -> Data2VecMultiConfig:
-    """dim 32, depth 2, 128 frames (8 x 8 patches), 2 clones: the recipe shape at test size."""
-    cfg = OmegaConf.structured(Data2VecMultiConfig)
-    base = {
-        "embed_dim": 32, "num_heads": 2, "depth": 2, "average_top_k_layers": 2, "clone_batch": 2,
-        "ema_decay": 0.9, "ema_end_decay": 0.99, "ema_anneal_end_step": 10, "max_update": 10, "seed": 1,
-        "instance_norm_target_layer": True, "layer_norm_targets": True, "cls_loss": 1.0,
-        "encoder_dropout": 0.0, "post_mlp_drop": 0.0, "attention_dropout": 0.0, "ema_encoder_only": False,
-        "supported_modality": "IMAGE",
-        "modalities": {"image": {
-            "in_chans": 1, "embed_dim": 32, "target_length": 128, "max_length": 64, "inverse_mask": True,
-            "mask_prob": 0.8, "mask_prob_adjust": 0.07, "mask_length": 5, "mask_noise_std": 0.01,
-            "prenet_depth": 0, "ema_local_encoder": True, "num_extra_tokens": 1, "init_extra_token_zero": False,
-            "num_alibi_heads": 2, "model_depth": 2,
-            "decoder": {"decoder_dim": 32, "decoder_groups": 8, "decoder_kernel": 3, "decoder_layers": 2,
-                        "input_dropout": 0.0},
-        }},
-    }
-    return OmegaConf.merge(cfg, base, overrides)
-
-
-def tiny_model(**overrides) -> Data2VecMultiModel:
-    torch.manual_seed(0)
-    return Data2VecMultiModel(tiny_config(**overrides))
+from helpers import PLUGIN_FIELDS, official_fields
+from helpers import tiny_pretraining_config as tiny_config
+from helpers import tiny_pretraining_model as tiny_model
 
 
 # ---------------------------------------------------------------------------------------- masking
@@ -122,11 +98,8 @@ def test_post_ln_block_matches_hand_written_reference(fused):
     for p in block.parameters():
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(2, 7, 32)
-    set_fused_attention(fused)
-    try:
+    with fused_attention(fused):
         out, ffn = block(x)
-    finally:
-        set_fused_attention(True)
     expected_out, expected_ffn = reference_block(block, x)
     torch.testing.assert_close(out, expected_out, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ffn, expected_ffn, atol=1e-5, rtol=1e-5)
@@ -135,12 +108,10 @@ def test_post_ln_block_matches_hand_written_reference(fused):
 def test_fused_and_eager_attention_agree():
     model = tiny_model().eval()
     source = torch.randn(2, 1, 128, 128)
-    fused = model.extract_features(source, remove_extra_tokens=False)["x"]
-    set_fused_attention(False)
-    try:
+    with fused_attention(True):  # explicitly: EAT_FUSED_ATTN=0 would otherwise compare eager with eager
+        fused = model.extract_features(source, remove_extra_tokens=False)["x"]
+    with fused_attention(False):
         eager = model.extract_features(source, remove_extra_tokens=False)["x"]
-    finally:
-        set_fused_attention(True)
     torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
 
 
@@ -312,31 +283,11 @@ def test_remove_pretraining_modules():
 # --------------------------------------------------------------------------------------- config
 
 
-OFFICIAL_MODEL_FIELDS = """loss_beta loss_scale depth start_drop_path_rate end_drop_path_rate num_heads norm_eps
-norm_affine encoder_dropout post_mlp_drop attention_dropout activation_dropout dropout_input layerdrop embed_dim
-mlp_ratio layer_norm_first average_top_k_layers end_of_block_targets clone_batch layer_norm_target_layer
-batch_norm_target_layer instance_norm_target_layer instance_norm_targets layer_norm_targets ema_decay
-ema_same_dtype log_norms ema_end_decay ema_anneal_end_step ema_encoder_only max_update shared_decoder
-min_target_var min_pred_var supported_modality mae_init seed skip_ema cls_loss recon_loss d2v_loss decoder_group
-utterance_level init_center_token_zero center_exp softmax_temperature_student softmax_temperature_teacher""".split()
-OFFICIAL_IMAGE_FIELDS = """type prenet_depth prenet_layerdrop prenet_dropout start_drop_path_rate end_drop_path_rate
-num_extra_tokens init_extra_token_zero mask_noise_std mask_prob_min mask_prob inverse_mask mask_prob_adjust
-keep_masked_pct mask_length add_masks remove_masks mask_dropout encoder_zero_mask mask_channel_prob
-mask_channel_length ema_local_encoder local_grad_mult use_alibi_encoder alibi_scale learned_alibi alibi_max_pos
-learned_alibi_scale learned_alibi_scale_per_head learned_alibi_scale_per_layer num_alibi_heads model_depth
-input_size in_chans patch_size embed_dim alibi_dims alibi_distance fixed_positions transformer_decoder
-enc_dec_transformer target_length max_length""".split()
-OFFICIAL_DECODER_FIELDS = """decoder_dim decoder_groups decoder_kernel decoder_layers input_dropout
-add_positions_masked add_positions_all decoder_residual projection_layers projection_ratio""".split()
-
-
-def test_config_has_every_official_field():
-    paths = set(iter_field_paths(Data2VecMultiConfig))
-    expected = ({*OFFICIAL_MODEL_FIELDS}
-                | {f"modalities.image.{f}" for f in OFFICIAL_IMAGE_FIELDS}
-                | {f"modalities.image.decoder.{f}" for f in OFFICIAL_DECODER_FIELDS})
-    assert expected <= paths, sorted(expected - paths)
-    assert OmegaConf.structured(Data2VecMultiConfig).modalities.image.decoder.decoder_dim == 384
+def test_iter_field_paths_walks_exactly_the_official_fields_and_ours():
+    """Nested dataclasses as dotted paths: the official table's data2vec_multi fields plus our additions."""
+    section = "model:data2vec_multi."
+    expected = {key[len(section):] for key in {*official_fields(), *PLUGIN_FIELDS} if key.startswith(section)}
+    assert sorted(iter_field_paths(Data2VecMultiConfig)) == sorted(expected)
 
 
 @pytest.mark.parametrize(

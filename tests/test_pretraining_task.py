@@ -19,19 +19,16 @@ from eat_plugin.data.fbank import NORM_STATS, AudioError, FbankFrontEnd, NormSta
 from eat_plugin.data.hdf5 import split_h5_path
 from eat_plugin.data.manifest import Clip, write_split
 from eat_plugin.tasks.pretraining import ImageMaskingConfig, MaeImagePretrainingConfig, MaeImagePretrainingTask
+from helpers import official_defaults, plugin_names, recipe_strings
+from helpers.official import PRETRAINING_TASK
 
 RECIPES = REPO / "config" / "pretraining"
 LOG_KEYS = ["ema_decay", "target_var", "pred_var", "model_norm", "ema_norm", "masked_pct"]  # official criterion
 SECONDS = [0.7, 1.0, 0.9]  # 11200, 16000, 14400 samples at 16 kHz: all above min_sample_size 10000
 
-# reference §2.6: every official field and its default (data: MISSING, seed: ${common.seed})
-OFFICIAL_DEFAULTS = dict(
-    multi_data=None, input_size=224, local_cache_path=None, key="imgs", beit_transforms=False,
-    target_transform=False, no_transform=False, rebuild_batches=True, precompute_mask_config=None, subsample=1,
-    dataset_type="imagefolder", audio_mae=False, h5_format=False, downsr_16hz=False, target_length=1024,
-    flexible_mask=False, esc50_eval=False, spcv2_eval=False, AS2M_finetune=False, spcv1_finetune=False,
-    roll_aug=False, noise=False, weights_file="", num_samples=200000, is_finetuning=False,
-)
+# every official field of the pre-training task config and its official default (the official field table)
+OFFICIAL_DEFAULTS = {k: v for k, v in official_defaults(PRETRAINING_TASK).items() if k not in ("_name", "data", "seed")}
+# reference §2.6: ImageMaskingConfig, interpolated from the model config (not in the field table: a nested type)
 MASK_INTERPOLATIONS = dict(
     patch_size="${model.modalities.image.patch_size}", mask_prob="${model.modalities.image.mask_prob}",
     mask_prob_adjust="${model.modalities.image.mask_prob_adjust}", mask_length="${model.modalities.image.mask_length}",
@@ -75,7 +72,8 @@ def test_official_fields_and_defaults():
     masks = OmegaConf.to_container(OmegaConf.structured(ImageMaskingConfig))
     assert masks == MASK_INTERPOLATIONS
     ours = set(fields) - set(OFFICIAL_DEFAULTS) - {"data", "seed", "_name"}
-    assert ours == {"min_sample_size", "norm_mean", "norm_std", "skip_bad_clips"}
+    assert ours == plugin_names(PRETRAINING_TASK)
+    # the official dataset skips clips under 10000 samples (golden README); the other additions are off by default
     assert [fields[n].default for n in ("min_sample_size", "norm_mean", "norm_std", "skip_bad_clips")] == [
         10000, None, None, False]
 
@@ -85,7 +83,6 @@ def test_every_official_field_is_accepted(tmp_path):
     every = dict(OFFICIAL_DEFAULTS, data=str(data), seed=5, key="source", target_length=64, input_size=128,
                  no_transform=True, rebuild_batches=False, precompute_mask_config=MASK, audio_mae=True,
                  downsr_16hz=True, roll_aug=True, noise=True, is_finetuning=True, weights_file="unused.csv")
-    assert set(every) >= set(OFFICIAL_DEFAULTS) | {"data", "seed"}
     task = MaeImagePretrainingTask.setup_task(OmegaConf.merge(OmegaConf.structured(MaeImagePretrainingConfig), every))
     dataset = task.load_dataset("train")
     assert (dataset.seed, dataset.roll_aug, dataset.noise, dataset.weights) == (5, True, True, None)
@@ -339,23 +336,12 @@ def test_split_h5_path():
 # ------------------------------------------------------------------------------------ recipes
 
 
-def strings(node):
-    if isinstance(node, dict):
-        for value in node.values():
-            yield from strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from strings(value)
-    elif isinstance(node, str):
-        yield node
-
-
 @pytest.mark.parametrize("name", ["base", "large", "tiny"])
 def test_recipe_parses_without_paths_and_sets_up_the_task(tmp_path, name):
     cfg = OmegaConf.load(RECIPES / f"{name}.yaml")
     for section, key in (("common", "user_dir"), ("task", "data"), ("checkpoint", "save_dir")):
         assert OmegaConf.is_missing(cfg[section], key), f"{section}.{key}"  # given on the command line
-    values = list(strings(OmegaConf.to_container(cfg, resolve=False)))
+    values = list(recipe_strings(OmegaConf.to_container(cfg, resolve=False)))
     assert not [v for v in values if v.startswith("/") or "${env:" in v or "/hpc" in v], values
     assert cfg.optimizer._name == "composite" and cfg.optimizer.dynamic_groups and cfg.lr_scheduler == "pass_through"
     assert cfg.criterion._name == "model"
@@ -372,38 +358,3 @@ def test_recipe_parses_without_paths_and_sets_up_the_task(tmp_path, name):
     image = cfg.model.modalities.image
     assert spec == BlockMaskSpec(cfg.model.clone_batch, image.mask_prob, image.mask_prob_adjust, image.mask_length,
                                  image.inverse_mask)
-
-
-def pick(cfg, *paths):
-    return tuple(OmegaConf.select(cfg, p) for p in paths)
-
-
-def test_recipe_values():
-    base, large, tiny = (OmegaConf.load(RECIPES / f"{n}.yaml") for n in ("base", "large", "tiny"))
-    assert pick(base, "model.depth", "model.clone_batch", "model.ema_decay", "model.ema_end_decay",
-                "model.ema_anneal_end_step") == (12, 16, 0.9998, 0.99999, 100000)
-    assert pick(base, "optimization.max_update", "optimizer.groups.default.lr_scheduler.warmup_updates",
-                "optimizer.groups.default.lr_float") == (400000, 53333, 0.0005)
-    assert pick(base, "task.key", "task.target_length", "dataset.batch_size",
-                "distributed_training.distributed_world_size") == ("source", 1024, 12, 4)
-    assert pick(base, "model.modalities.image.mask_prob", "model.modalities.image.mask_prob_adjust") == (0.8, 0.07)
-    assert dict(base.model.modalities.image.decoder) == dict(
-        decoder_dim=768, decoder_groups=16, decoder_kernel=3, decoder_layers=6, input_dropout=0)
-    assert pick(large, "model.depth", "model.embed_dim", "model.num_heads", "model.average_top_k_layers",
-                "model.modalities.image.embed_dim") == (24, 1024, 16, 24, 1024)
-    assert pick(large, "optimization.lr.0", "optimizer.groups.default.lr_float",
-                "model.ema_anneal_end_step") == (0.0004, 0.0004, 150000)
-    assert pick(large, "model.modalities.image.mask_prob", "model.modalities.image.mask_prob_adjust") == (0.75, 0.1)
-    assert dict(large.model.modalities.image.decoder) == dict(
-        decoder_dim=1024, decoder_groups=16, decoder_kernel=5, decoder_layers=3, input_dropout=0)
-    assert pick(tiny, "common.cpu", "common.fp16", "dataset.num_workers", "dataset.data_buffer_size",
-                "dataset.batch_size", "optimization.max_update") == (True, False, 0, 0, 2, 20)
-    assert pick(tiny, "model.embed_dim", "model.num_heads", "model.depth", "model.average_top_k_layers",
-                "model.clone_batch") == (64, 4, 2, 2, 2)
-    assert pick(tiny, "model.ema_decay", "model.ema_end_decay", "model.ema_anneal_end_step") == (0.9, 0.99, 10)
-    assert pick(tiny, "task.target_length", "model.modalities.image.target_length",
-                "model.modalities.image.max_length") == (128, 128, 64)
-    assert pick(tiny, "model.modalities.image.decoder.decoder_dim", "model.modalities.image.decoder.decoder_groups",
-                "model.modalities.image.decoder.decoder_layers", "model.modalities.image.decoder.decoder_kernel",
-                ) == (64, 8, 2, 3)
-    assert tiny.model.modalities.image.embed_dim == tiny.model.embed_dim

@@ -9,11 +9,8 @@ runs ``fairseq-hydra-train`` itself.
 import json
 import logging
 import math
-import os
 import re
 import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -21,21 +18,18 @@ import torch
 from fairseq import tasks
 from fairseq.criterions.model_criterion import ModelCriterion
 from fairseq.dataclass import FairseqDataclass
-from fairseq.dataclass.initialize import add_defaults, hydra_init
 from fairseq.logging import metrics
 from fairseq.optim.composite import FairseqCompositeOptimizer
 from fairseq.tasks import FairseqTask
 from fairseq.trainer import Trainer
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
-from conftest import REPO, broadband, write_wav
+from conftest import broadband, pretraining_command, train_env, write_wav
 from eat_plugin.data.datasets import FbankDataset, LabelledFbankDataset
 from eat_plugin.data.fbank import AudioError, FbankFrontEnd
 from eat_plugin.data.manifest import Clip, read_label_descriptors, write_label_descriptors, write_split
 from eat_plugin.tasks import (MaeImageClassificationConfig, MaeImageClassificationTask, MaeImagePretrainingConfig,
                               MaeImagePretrainingTask)
+from helpers import run_config
 
 pytestmark = [  # fairseq's, not ours: NanDetector's backward hooks, FairseqTask.train_step's autocast
     pytest.mark.filterwarnings("ignore:Using (a )?non-full backward hook:FutureWarning"),
@@ -43,7 +37,6 @@ pytestmark = [  # fairseq's, not ours: NanDetector's backward hooks, FairseqTask
 ]
 
 SECONDS = 1.4  # 22400 samples: >= 128 fbank frames (the tiny recipe's target_length)
-HYDRA_TRAIN = Path(sys.executable).parent / "fairseq-hydra-train"
 
 
 def make_data(root: Path, count: int, labels: bool = False) -> Path:
@@ -159,19 +152,7 @@ def fresh_composite_optimizer(monkeypatch):
 
 def tiny_trainer(data: Path, save_dir: Path, *overrides: str):
     """The tiny pre-training recipe's task, model, criterion and ``Trainer``, set up as fairseq_cli/train.py does."""
-    hydra_init("tiny")
-    GlobalHydra.instance().clear()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"(?s).*(ConfigStore schema|version_base)", category=UserWarning)
-        with initialize_config_dir(config_dir=str(REPO / "config" / "pretraining"), version_base="1.1"):
-            cfg = compose(config_name="tiny", overrides=[
-                f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"checkpoint.save_dir={save_dir}",
-                *overrides,
-            ])
-    GlobalHydra.instance().clear()
-    add_defaults(cfg)
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    OmegaConf.set_struct(cfg, True)
+    cfg = run_config("pretraining", "tiny", [f"task.data={data}", f"checkpoint.save_dir={save_dir}", *overrides])
     save_dir.mkdir(parents=True, exist_ok=True)
     metrics.reset()
     torch.manual_seed(0)
@@ -317,14 +298,9 @@ def test_fp16_lowers_the_loss_scale_before_the_run_stops(tmp_path, monkeypatch):
 
 
 def hydra_train(data: Path, save_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "pretraining"), "--config-name", "tiny",
-        f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"checkpoint.save_dir={save_dir}",
-        f"hydra.run.dir={save_dir / 'hydra'}", "common.tensorboard_logdir=null", "dataset.num_workers=1",
-        "optimization.max_update=4", "checkpoint.save_interval_updates=0", *overrides,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    cmd = pretraining_command(data, save_dir, "common.tensorboard_logdir=null", "dataset.num_workers=1",
+                              "optimization.max_update=4", "checkpoint.save_interval_updates=0", *overrides)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=train_env())
 
 
 def test_fairseq_hydra_train_on_a_clip_corrupted_after_the_manifest(tmp_path):
