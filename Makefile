@@ -34,8 +34,19 @@ demo: venv
 	  --out $(DEMO_DIR)/eval/confusion.tsv
 	$(PY) scripts/plot_training.py $(DEMO_DIR)/pretrain --out $(DEMO_DIR)/pretrain/plots
 	$(PY) scripts/plot_training.py $(DEMO_DIR)/finetune --out $(DEMO_DIR)/finetune/plots
+	# machine sounds: generated fans -> EAT + semantic heads -> anomaly scores (AUC / pAUC per machine id)
+	rm -rf $(DEMO_DIR)/machines
+	$(PY) scripts/make_demo_data.py --layout mimii --out $(DEMO_DIR)/machines/sounds --normal-per-id 30 --anomalous-per-id 8
+	$(PY) scripts/prepare_machine_sounds.py --root $(DEMO_DIR)/machines/sounds --out $(DEMO_DIR)/machines/data
+	$(TRAIN) --config-dir config/pretraining --config-name machine_sounds_tiny $(USER_DIR) \
+	  task.data=$(CURDIR)/$(DEMO_DIR)/machines/data checkpoint.save_dir=$(CURDIR)/$(DEMO_DIR)/machines/run \
+	  hydra.run.dir=$(CURDIR)/$(DEMO_DIR)/machines/run
+	$(PY) scripts/score_anomalies.py $(DEMO_DIR)/machines/run/checkpoint_last.pt --data $(DEMO_DIR)/machines/data \
+	  --out $(DEMO_DIR)/machines/anomaly.tsv --scores $(DEMO_DIR)/machines/scores.tsv
+	$(PY) scripts/plot_training.py $(DEMO_DIR)/machines/run --out $(DEMO_DIR)/machines/plots
 	@echo "demo: pre-trained $(DEMO_DIR)/pretrain/checkpoint_last.pt, fine-tuned $(DEMO_DIR)/finetune/checkpoint_best.pt"
 	@echo "demo: curves in $(DEMO_DIR)/pretrain/plots and $(DEMO_DIR)/finetune/plots, evaluation in $(DEMO_DIR)/eval"
+	@echo "demo: machine sounds: $(DEMO_DIR)/machines/anomaly.tsv (+ .png), curves in $(DEMO_DIR)/machines/plots"
 	@echo "demo: TensorBoard: .venv/bin/tensorboard --logdir $(DEMO_DIR)"
 
 test: venv

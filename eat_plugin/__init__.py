@@ -10,8 +10,9 @@ Layers (imports only point down; ``tests/test_layers.py`` checks every import):
 layer               what                                                                  may import
 ==================  ====================================================================  ================
 foundation          ``layout`` (16 kHz, 128 mel, 16 x 16 patches), ``masking``, ``seeding``,  foundation only
-                    ``official_fields``, ``console``, ``losses``, ``metrics``,
-                    ``checkpoint*``, ``safetensors_io``, ``training_log``
+                    ``semantic_tasks``, ``official_fields``, ``console``, ``losses``,
+                    ``metrics``, ``diagnostics``, ``checkpoint*``, ``safetensors_io``,
+                    ``training_log``
 ``data``            audio I/O, the fbank front end, manifests, datasets, preparers         foundation
 ``modules``         attention, blocks, encoder, decoder, EMA, batch augmentation           foundation
 ``models``          the two registered models, their configs, checkpoint keys              + modules

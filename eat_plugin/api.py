@@ -46,7 +46,8 @@ class Clip:
 
 
 def load_model(path: Union[str, Path], device: str = "cpu", labels: Optional[Union[str, Path]] = None,
-               target_length: Optional[int] = None, norm=None, batch_size: int = 16) -> "EATModel":
+               target_length: Optional[int] = None, norm=None, batch_size: int = 16,
+               semantic_heads: bool = False) -> "EATModel":
     """Load a pre-trained (``data2vec_multi``) or fine-tuned (``mae_image_classification``) checkpoint.
 
     Args:
@@ -58,9 +59,10 @@ def load_model(path: Union[str, Path], device: str = "cpu", labels: Optional[Uni
         target_length: frames per window (default: the model's training length).
         norm: fbank statistics (default: those of the training run, AudioSet otherwise).
         batch_size: windows per forward pass.
+        semantic_heads: keep a pre-trained model's machine-sound heads (``machine_log_probs``).
     """
     state = load_checkpoint(path)
-    network, model_target_length = network_from_checkpoint(state, path)
+    network, model_target_length = network_from_checkpoint(state, path, keep_semantic_heads=semantic_heads)
     cfg = state["cfg"]
     if norm is None:  # the training run's statistics
         norm = training_norm_stats(cfg.get("task") or {}, prefix=f"{path}: cfg.task")
@@ -147,6 +149,20 @@ class EATModel:
         values, indices = scores.topk(k, dim=-1)
         names = self.label_names or [f"class_{i}" for i in range(scores.size(1))]
         return [[(names[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, indices)]
+
+    def machine_log_probs(self, inputs, sample_rate: Optional[int] = None) -> Tensor:
+        """Log-probabilities ``(B, K)`` of the machine-id head (``load_model(..., semantic_heads=True)``), on
+        the mean of each window's patch latents, averaged over the windows of a clip."""
+        heads = getattr(self.backbone, "semantic_heads", None)
+        if heads is None or heads.machine_id is None:
+            raise ValueError("this model has no machine-id head: load a machine_sounds pre-training checkpoint "
+                             "(model.lambda_machine_id > 0) with load_model(..., semantic_heads=True)")
+        per_clip = self._run(self.clips(inputs, sample_rate), self._machine_log_probs)  # per clip (W, K)
+        return torch.stack([w.mean(0) for w in per_clip])  # (B, K)
+
+    def _machine_log_probs(self, windows: Tensor) -> Tensor:
+        patches = self.backbone.extract_features(windows, mask=False)["x"]  # (W, N, D)
+        return torch.log_softmax(self.backbone.semantic_heads.machine_logits(patches).float(), -1)  # (W, K)
 
     def embed(self, inputs, granularity: str = "utterance", sample_rate: Optional[int] = None,
               reshape: bool = False) -> Union[Tensor, List[Tensor]]:

@@ -104,7 +104,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "was trained with)")
 
 
-def load(args: argparse.Namespace, labels: Optional[Path] = None, check_names: bool = True) -> EATModel:
+def load(args: argparse.Namespace, labels: Optional[Path] = None, check_names: bool = True,
+         semantic_heads: bool = False) -> EATModel:
     """:func:`eat_plugin.api.load_model` with the common options; any load problem becomes a ``CLIError``.
 
     ``check_names``: a class table (``labels`` or the one found through the checkpoint) must have one
@@ -120,7 +121,7 @@ def load(args: argparse.Namespace, labels: Optional[Path] = None, check_names: b
         raise CLIError(f"{labels}: class table (--labels) not found; expected a csv 'index,id,display name'")
     try:
         model = load_model(path, device=args.device, labels=labels, target_length=args.target_length,
-                           norm=args.norm, batch_size=args.batch_size)
+                           norm=args.norm, batch_size=args.batch_size, semantic_heads=semantic_heads)
     except ManifestError:
         raise  # a bad --labels file: its message names the file
     except (KeyError, EOFError, zipfile.BadZipFile) as err:  # torch.load of a truncated / non-torch file

@@ -14,6 +14,7 @@ import torch
 MASK_STREAM = 0x6D61736B  # "mask": the dataset's student masks
 NOISE_STREAM = 0x6E6F6973  # "nois": the model's mask-token noise
 AUGMENT_STREAM = 0x61756720  # "aug ": the fine-tuning model's SpecAugment masks and stochastic depth
+TRANSFORM_STREAM = 0x7466726D  # "tfrm": the dataset's transform-task transformation of a clip
 
 
 def keyed_generator(*key: int, device: Union[str, torch.device] = "cpu") -> torch.Generator:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset
 
-from eat_plugin.data.augment import noise_and_time_roll, roll_and_gain
+from eat_plugin.data.augment import apply_transform, draw_transform, noise_and_time_roll, roll_and_gain
 from eat_plugin.data.fbank import AudioError, FbankFrontEnd, NormStats, read_audio, to_mono_16k
 from eat_plugin.data.hdf5 import read_h5_audio, split_h5_path
 from eat_plugin.data.manifest import LabelDescriptors, ManifestError, read_labels, read_manifest
 from eat_plugin.layout import NUM_MEL_BINS, PATCH_FRAMES
 from eat_plugin.masking import compute_block_mask_2d
-from eat_plugin.seeding import MASK_STREAM, keyed_generator
+from eat_plugin.seeding import MASK_STREAM, TRANSFORM_STREAM, keyed_generator
 
 logger = logging.getLogger(__name__)
 
@@ -258,12 +258,17 @@ class FbankDataset(FairseqDataset):
             rng = self._rng(index) if (self.roll_aug or self.noise) else None
             if self.roll_aug:
                 wave_16k = roll_and_gain(wave_16k, rng)  # (S16,)
+            wave_16k = self.transform_wave(index, wave_16k)  # (S16,)
             fbank = self.front_end.features(wave_16k, path)  # (1, T, 128)
             if self.noise:
                 fbank = noise_and_time_roll(fbank, rng)  # (1, T, 128)
         except (AudioError, FileNotFoundError) as err:
             raise AudioError(f"{self.manifest.path} line {row.line}: {err}") from err
         return fbank
+
+    def transform_wave(self, index: int, wave_16k: torch.Tensor) -> torch.Tensor:
+        """A subclass's per-clip waveform transformation (``MachineSoundDataset``); none here."""
+        return wave_16k
 
     def mask_generator(self, index: int) -> torch.Generator:
         """The mask RNG of clip ``index`` this epoch: seeded from ``(seed, epoch, index)`` only."""
@@ -395,4 +400,52 @@ class LabelledFbankDataset(FbankDataset):
         batch = super().collater(samples)
         if batch:
             batch["net_input"]["label"] = torch.stack([s["label"] for s in samples])  # (B, C)
+        return batch
+
+
+class MachineSoundDataset(LabelledFbankDataset):
+    """Machine-sound clips for the semantic heads: fbank (+ masks), the machine id and a transformation.
+
+    The class table of a machine-sound data directory (``scripts/prepare_machine_sounds.py``) has class
+    index == machine id, so a clip's machine id is its one label's index. With ``transforms`` each clip
+    gets one of the six transformations of ``data.augment.SEMANTIC_TRANSFORMS``, drawn with its
+    parameters from ``(seed, epoch, index)`` alone; without, every clip is ``identity`` (id 0).
+
+    ``net_input`` carries ``machine_id`` and ``transformation_id``, both ``(B,)`` int64, besides the fbank
+    (``key``, default ``"source"``) and the clip ids.
+    """
+
+    def __init__(self, manifest_path: PathLike, labels_path: PathLike, descriptors: LabelDescriptors,
+                 transforms: bool = True, key: str = "source", **kwargs):
+        super().__init__(manifest_path, labels_path, descriptors, multi_label=False, key=key, **kwargs)
+        self.transforms = transforms
+
+    def machine_id(self, index: int) -> int:
+        return int(self.labels[index][0])
+
+    def _transform_rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, TRANSFORM_STREAM])
+
+    def transformation_id(self, index: int) -> int:
+        """The transformation clip ``index`` gets this epoch (0 = identity without ``transforms``)."""
+        return draw_transform(self._transform_rng(index)) if self.transforms else 0
+
+    def transform_wave(self, index: int, wave_16k: torch.Tensor) -> torch.Tensor:
+        if not self.transforms:
+            return wave_16k
+        rng = self._transform_rng(index)
+        return apply_transform(wave_16k, draw_transform(rng), rng)  # (S16,)
+
+    def __getitem__(self, index: int) -> Optional[Dict]:
+        item = FbankDataset.__getitem__(self, index)
+        if item is not None:
+            item.update(machine_id=self.machine_id(index), transformation_id=self.transformation_id(index))
+        return item
+
+    def collater(self, samples: Sequence[Optional[Dict]]) -> Dict:
+        samples = [s for s in samples if s is not None]
+        batch = FbankDataset.collater(self, samples)
+        if batch:
+            batch["net_input"]["machine_id"] = torch.LongTensor([s["machine_id"] for s in samples])  # (B,)
+            batch["net_input"]["transformation_id"] = torch.LongTensor([s["transformation_id"] for s in samples])  # (B,)
         return batch

@@ -25,7 +25,8 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
 
 from eat_plugin.layout import FREQ_PATCHES, check_target_length
-from eat_plugin.losses import compute_var, dino_loss, normalized_pixels, regression_loss, teacher_targets
+from eat_plugin.losses import (compute_var, cross_entropy, dino_loss, focal_loss, normalized_pixels, regression_loss,
+                               teacher_targets)
 from eat_plugin.models.keys import MODALITY, upgrade_legacy_keys
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
 from eat_plugin.models.state_check import check_state_matches
@@ -33,8 +34,10 @@ from eat_plugin.modules.block import PostLNBlock
 from eat_plugin.modules.decoder import CNNDecoder
 from eat_plugin.modules.ema import EMATeacher, annealed_decay
 from eat_plugin.modules.encoder import AudioEncoder
+from eat_plugin.modules.semantic_heads import SemanticHeads
 from eat_plugin.masking import MaskInfo, compute_block_mask_2d, make_mask_info, num_visible_patches
 from eat_plugin.seeding import NOISE_STREAM, keyed_generator
+from eat_plugin.semantic_tasks import NUM_TRANSFORMS
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         self.recon_proj = nn.Linear(cfg.embed_dim, patch_pixels) if cfg.recon_loss > 0 else None
         self.cls_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim) if cfg.utterance_level else None
         self.center = self._make_center() if cfg.utterance_level else None
+        self.semantic_heads = self._make_semantic_heads()
         self._init_weights()
         self.teacher: Optional[EMATeacher] = None
         if not (cfg.skip_ema or skip_ema):
@@ -134,6 +138,14 @@ class Data2VecMultiModel(BaseFairseqModel):
             nn.init.trunc_normal_(center, std=0.02)
         return nn.Parameter(center, requires_grad=False)
 
+    def _make_semantic_heads(self) -> Optional[SemanticHeads]:
+        """Note 003's machine-id / transform heads, when their lambda is > 0 (plugin fields)."""
+        cfg = self.cfg
+        if cfg.lambda_machine_id <= 0 and cfg.lambda_transform <= 0:
+            return None
+        return SemanticHeads(cfg.embed_dim, cfg.num_machine_ids if cfg.lambda_machine_id > 0 else 0,
+                             NUM_TRANSFORMS if cfg.lambda_transform > 0 else 0, cfg.semantic_head_dropout)
+
     def _init_weights(self) -> None:
         if self.cfg.mae_init:
             self.apply(_mae_init)
@@ -144,6 +156,11 @@ class Data2VecMultiModel(BaseFairseqModel):
         for name, param in self.named_parameters():
             if param.ndim == 1 or name.endswith(".bias") or "alibi_scale" in name:
                 param.optim_overrides = no_weight_decay()  # read by fairseq's composite optimizer
+        if self.semantic_heads is not None and self.cfg.semantic_lr_scale != 1.0:
+            for param in self.semantic_heads.parameters():
+                overrides = getattr(param, "optim_overrides", {"optimizer": {}})
+                overrides["optimizer"]["lr_scale"] = self.cfg.semantic_lr_scale
+                param.optim_overrides = overrides
 
     def _teacher_network(self) -> TeacherEncoder:
         encoder = copy.deepcopy(self.modality_encoders[MODALITY])
@@ -241,7 +258,8 @@ class Data2VecMultiModel(BaseFairseqModel):
     def forward(self, source: Tensor, target=None, id=None, mode=None, padding_mask: Optional[Tensor] = None,
                 mask: bool = True, features_only: bool = False, force_remove_masked: bool = False,
                 remove_extra_tokens: bool = True, precomputed_mask: Optional[Tensor] = None,
-                path_draws: Optional[Tensor] = None) -> Dict:
+                path_draws: Optional[Tensor] = None, machine_id: Optional[Tensor] = None,
+                transformation_id: Optional[Tensor] = None) -> Dict:
         """Pre-training losses for a batch ``source`` ``(B, 1, T, 128)`` (or features, see ``extract_features``).
 
         ``precomputed_mask``: ``(B * clone_batch, N)``, 1 = masked, row ``b * clone_batch + c`` = clone c
@@ -249,6 +267,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         ``id``: the clips' dataset indices (the datasets' ``net_input["id"]``). With them the mask-token
         noise of each clip is drawn from ``(seed, update, id)`` alone, so it does not depend on how a batch
         is split over ranks; without them it comes from the global RNG (the official behaviour).
+        ``machine_id`` / ``transformation_id``: ``(B,)`` labels of the semantic heads (``MachineSoundDataset``).
         """
         _check_mode_and_padding(mode, padding_mask)
         if features_only:
@@ -264,7 +283,10 @@ class Data2VecMultiModel(BaseFairseqModel):
         student = self.decoder_input_dropout(self._encode_visible(patches, info, clip_of_row))  # (R, E + N_keep, D)
         pred = self._decode(student, info, id)  # (R, N, D)
         targets = self._teacher_targets(source)  # (B, N, D)
-        return self._losses(source, student, pred, targets, info, clip_of_row)
+        result = self._losses(source, student, pred, targets, info, clip_of_row)
+        if self.semantic_heads is not None:
+            self._add_semantic_terms(result, student[:, encoder.num_extra_tokens:], machine_id, transformation_id)
+        return result
 
     def _mask_info(self, precomputed_mask: Optional[Tensor], rows: int, num_patches: int, device) -> MaskInfo:
         image = self.cfg.modalities.image
@@ -349,6 +371,36 @@ class Data2VecMultiModel(BaseFairseqModel):
                 **self.teacher.logs,  # model_norm / ema_norm after the first EMA step (log_norms)
             }
 
+    def _add_semantic_terms(self, result: Dict, visible: Tensor, machine_id: Optional[Tensor],
+                            transformation_id: Optional[Tensor]) -> None:
+        """Note 003's terms into ``result``: ``lambda * mean CE``, scaled like the CLS loss (so after fairseq's
+        division by the sample size they weigh ``lambda`` against the mean SSL loss); exactly 0 before
+        ``semantic_start_update``. ``visible``: ``(R, N_keep, D)`` student patch latents."""
+        cfg, heads = self.cfg, self.semantic_heads
+        scale = self._cls_scale(result["sample_size"]) * float(self.num_updates >= cfg.semantic_start_update)
+        patches = visible.reshape(visible.size(0) // self.clone_batch, -1, visible.size(-1))  # (B, clones * N_keep, D)
+        for name, head, labels, weight in (("machine_id", heads.machine_id, machine_id, cfg.lambda_machine_id),
+                                           ("transform", heads.transform, transformation_id, cfg.lambda_transform)):
+            if head is None:
+                continue
+            if labels is None:
+                raise ValueError(f"model.lambda_{name} > 0 needs the clips' {name} labels in net_input (the "
+                                 f"machine_sounds task provides them)")
+            if name == "machine_id":
+                logits = heads.machine_logits(patches)  # (B, K)
+            else:
+                logits = heads.transform_logits(patches, cfg.transform_head_per_patch)  # (B[*N], 6)
+                labels = labels.repeat_interleave(logits.size(0) // labels.size(0))  # (B[*N],)
+            smoothing = cfg.semantic_label_smoothing if self.training else 0.0
+            ce = cross_entropy(logits, labels, smoothing)  # (B[*N],)
+            loss = (focal_loss(logits, labels, cfg.semantic_focal_gamma, None, smoothing)
+                    if cfg.semantic_focal_gamma > 0 else ce)  # (B[*N],)
+            result["losses"][name] = loss.mean() * (weight * scale)
+            with torch.no_grad():
+                result[f"{name}_ce"] = ce.mean()
+                result[f"_{name}_correct"] = (logits.argmax(-1) == labels).sum()
+                result[f"_{name}_count"] = labels.numel()
+
     def _cls_scale(self, sample_size: int) -> int:
         """The CLS loss multiplier: the local masked-patch count (official), or it times the world size."""
         if self.cfg.cls_loss_scale == "global_sample_size" and dist.is_available() and dist.is_initialized():
@@ -382,9 +434,13 @@ class Data2VecMultiModel(BaseFairseqModel):
         return loss
 
     # ------------------------------------------------------------------ fine-tuning
-    def remove_pretraining_modules(self, modality=None, keep_decoder: bool = False) -> None:
-        """Drop the teacher, the decoder (unless ``keep_decoder``), the extra heads; one view per clip."""
+    def remove_pretraining_modules(self, modality=None, keep_decoder: bool = False,
+                                   keep_semantic_heads: bool = False) -> None:
+        """Drop the teacher, the decoder (unless ``keep_decoder``), the extra heads (the semantic heads unless
+        ``keep_semantic_heads``: anomaly scoring reads the machine-id head); one view per clip."""
         self.teacher = None
+        if not keep_semantic_heads:
+            self.semantic_heads = None
         self.clone_batch = 1
         self.recon_proj = None
         self.cls_proj = None
@@ -394,8 +450,10 @@ class Data2VecMultiModel(BaseFairseqModel):
                 encoder.decoder = None
 
 
-def student_encoder(cfg: Data2VecMultiConfig, weights: Optional[Mapping[str, Any]] = None) -> Data2VecMultiModel:
-    """The pre-trained student without teacher, decoder and pre-training heads (features, fine-tuning).
+def student_encoder(cfg: Data2VecMultiConfig, weights: Optional[Mapping[str, Any]] = None,
+                    keep_semantic_heads: bool = False) -> Data2VecMultiModel:
+    """The pre-trained student without teacher, decoder and pre-training heads (features, fine-tuning);
+    with ``keep_semantic_heads`` the machine-sound heads stay (anomaly scores).
 
     ``weights``: a pre-training state dict, loaded strictly (legacy key names renamed, ``_ema`` dropped;
     ``CheckpointMismatchError`` for another kind or size); ``None`` keeps the fresh initialisation.
@@ -403,7 +461,7 @@ def student_encoder(cfg: Data2VecMultiConfig, weights: Optional[Mapping[str, Any
     model = Data2VecMultiModel(cfg, skip_ema=True)
     if weights is not None:
         model.load_state_dict(dict(weights), strict=True)
-    model.remove_pretraining_modules()
+    model.remove_pretraining_modules(keep_semantic_heads=keep_semantic_heads)
     return model
 
 

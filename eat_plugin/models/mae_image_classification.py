@@ -27,7 +27,8 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from eat_plugin.layout import NUM_MEL_BINS, check_target_length
-from eat_plugin.losses import binary_cross_entropy, cross_entropy, label_vectors, soft_target_cross_entropy
+from eat_plugin.losses import (CLASS_WEIGHT_KINDS, binary_cross_entropy, binary_focal_loss, cross_entropy, focal_loss,
+                               label_vectors, soft_target_cross_entropy)
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay, student_encoder
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, config_from_dict
 from eat_plugin.models.state_check import check_state_matches
@@ -92,11 +93,40 @@ class MaeImageClassificationConfig(FairseqDataclass):
         metadata={"help": f"mixup partners: {' | '.join(MIXUP_PAIRS)}. flip (official): row i with row B-1-i; "
                           "adjacent: rows 2k and 2k+1, which makes N ranks x b clips train as 1 x N*b (b even)"},
     )
+    focal_gamma: float = field(
+        default=0.0, metadata={"help": "> 0: focal loss (multi-class, or the binary form for multi-label data) with "
+                                       "this gamma instead of cross-entropy / BCE (note 002); 0: the official loss"})
+    focal_alpha: Optional[float] = field(
+        default=None, metadata={"help": "focal loss alpha: the positive-class weight of the binary form (0.25 in "
+                                        "RetinaNet); a scalar factor of the multi-class form; null: none"})
+    class_weights: str = field(
+        default="none", metadata={"help": f"single-label: weight each class's loss by its training count: none | "
+                                          f"{' | '.join(CLASS_WEIGHT_KINDS)} (the task computes them from the "
+                                          f"train split's labels; mean 1 over the classes present)"})
     multi_label: Optional[bool] = field(
         default=None,
         metadata={"help": "BCE (true) or cross-entropy (false) loss; null: the official rule (multi-label when "
                           "audio_mae and not esc50_eval / spcv2_eval). The task sets it from task.label_type"},
     )
+
+
+def check_loss_options(cfg: MaeImageClassificationConfig) -> None:
+    """The loss-toolbox fields: valid values, and combinations that have one meaning only."""
+    problems = []
+    if cfg.focal_gamma < 0:
+        problems.append(f"model.focal_gamma={cfg.focal_gamma}: expected >= 0 (0: cross-entropy)")
+    if cfg.focal_alpha is not None and not 0 < cfg.focal_alpha <= 1:
+        problems.append(f"model.focal_alpha={cfg.focal_alpha}: expected in (0, 1] or null")
+    if cfg.class_weights not in ("none", *CLASS_WEIGHT_KINDS):
+        problems.append(f"model.class_weights={cfg.class_weights!r}: expected none or one of "
+                        f"{', '.join(CLASS_WEIGHT_KINDS)}")
+    if cfg.focal_gamma > 0 and (cfg.mixup > 0 or cfg.cutmix > 0) and is_single_label(cfg):
+        problems.append("model.focal_gamma > 0 with mixup / cutmix: the multi-class focal loss needs one class "
+                        "per clip, mixup gives mixed targets; set model.mixup=0 or model.focal_gamma=0")
+    if cfg.class_weights != "none" and not is_single_label(cfg):
+        problems.append("model.class_weights is for single-label data (multi-label BCE weighs every class anyway)")
+    if problems:
+        raise ValueError("invalid loss options:\n  " + "\n  ".join(problems))
 
 
 @register_model("mae_image_classification", dataclass=MaeImageClassificationConfig)
@@ -123,6 +153,8 @@ class MaeImageClassificationModel(BaseFairseqModel):
         self.timem = cfg.target_length * cfg.mask_ratio if cfg.mask_ratio else cfg.timem
         self.prediction_mode = _prediction_mode(cfg.prediction_mode)
         self.single_label = is_single_label(cfg)
+        check_loss_options(cfg)
+        self.register_buffer("class_weight", None, persistent=False)  # (C,) set by the task (class_weights)
         if cfg.linear_classifier:
             self.model.requires_grad_(False)
         self._set_optim_overrides()
@@ -208,11 +240,19 @@ class MaeImageClassificationModel(BaseFairseqModel):
         draws = draws.to(imgs.device, non_blocking=True)
         return draws[:, :SPEC_AUGMENT_DRAWS], draws[:, SPEC_AUGMENT_DRAWS:].view(-1, depth, 2)
 
+    def set_class_weights(self, weights: Tensor) -> None:
+        """``(C,)`` per-class loss weights (``model.class_weights``; the task computes them from the data)."""
+        if weights.shape != (self.cfg.num_classes,):
+            raise ValueError(f"class weights of shape {tuple(weights.shape)}; expected ({self.cfg.num_classes},)")
+        self.class_weight = weights.float().to(self.head.weight.device)
+
     def _loss(self, logits: Tensor, labels: Tensor) -> Dict[str, Any]:
         cfg = self.cfg
         if not self.single_label:  # AudioSet: multi-label BCE, normalised by the positive label mass
             labels = label_vectors(labels, cfg.num_classes)
-            result = {"losses": {"main": binary_cross_entropy(logits, labels)}, "sample_size": labels.sum()}
+            elementwise = (binary_focal_loss(logits, labels, cfg.focal_gamma, cfg.focal_alpha) if cfg.focal_gamma > 0
+                           else binary_cross_entropy(logits, labels))  # (B, C)
+            result = {"losses": {"main": elementwise}, "sample_size": labels.sum()}
             if not self.training:
                 result["_predictions"] = torch.sigmoid(logits)
                 result["_targets"] = labels
@@ -221,14 +261,24 @@ class MaeImageClassificationModel(BaseFairseqModel):
             loss = soft_target_cross_entropy(logits, label_vectors(labels, cfg.num_classes))  # (B, C)
         elif self.mixup is not None and cfg.spcv2_eval:
             loss = binary_cross_entropy(logits, label_vectors(labels, cfg.num_classes))  # (B, C)
+        elif cfg.focal_gamma > 0:
+            alpha = self.class_weight if self.class_weight is not None else cfg.focal_alpha
+            loss = focal_loss(logits, _class_indices(labels), cfg.focal_gamma, alpha,
+                              cfg.label_smoothing if self.training else 0.0)  # (B,)
         else:
-            loss = cross_entropy(logits, labels, cfg.label_smoothing if self.training else 0.0)  # (B,)
+            loss = cross_entropy(logits, labels, cfg.label_smoothing if self.training else 0.0,
+                                 weight=self.class_weight if self.training else None)  # (B,)
         result = {"losses": {"regression": loss}, "sample_size": logits.size(0)}
         if not self.training:
             with torch.no_grad():
                 truth = labels.argmax(-1) if labels.dim() == 2 else labels
                 result["correct"] = (logits.argmax(-1) == truth).sum()
         return result
+
+
+def _class_indices(labels: Tensor) -> Tensor:
+    """``(B,)`` class indices from indices or one-hot vectors ``(B, C)``."""
+    return labels.argmax(-1) if labels.dim() == 2 else labels.long()
 
 
 def is_single_label(cfg: MaeImageClassificationConfig) -> bool:

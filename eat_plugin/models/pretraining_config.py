@@ -160,6 +160,22 @@ class Data2VecMultiConfig(FairseqDataclass):
                           "world size: the same model on any number of ranks; exact when every rank's batch has "
                           "the same size)"},
     )
+    # machine-sound semantic heads (design note 003; off unless a lambda is > 0)
+    num_machine_ids: int = field(
+        default=0, metadata={"help": "machine-id head outputs; the machine_sounds task raises it to the largest "
+                                     "machine id of the training data + 1"})
+    lambda_machine_id: float = field(default=0.0, metadata={"help": "weight of the machine-id cross-entropy"})
+    lambda_transform: float = field(default=0.0, metadata={"help": "weight of the transformation cross-entropy"})
+    semantic_start_update: int = field(
+        default=0, metadata={"help": "the semantic terms are exactly 0 before this update (phase 1: SSL only)"})
+    semantic_head_dropout: float = field(default=0.3, metadata={"help": "dropout inside both heads"})
+    semantic_label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of both heads' CE"})
+    semantic_lr_scale: float = field(
+        default=1.0, metadata={"help": "learning rate of the head parameters relative to the rest"})
+    transform_head_per_patch: bool = field(
+        default=False, metadata={"help": "classify the transformation per patch (label repeated over patches)"})
+    semantic_focal_gamma: float = field(
+        default=0.0, metadata={"help": "> 0: the heads' loss is the focal loss with this gamma (note 002); 0: CE"})
 
 
 CLS_LOSS_SCALES = ("local_sample_size", "global_sample_size")
@@ -186,6 +202,7 @@ def _out_of_range(cfg: Data2VecMultiConfig) -> Iterator[Tuple[str, Any, str]]:
         yield "modalities.image.embed_dim", image.embed_dim, f"model.embed_dim={cfg.embed_dim}"
     if cfg.cls_loss_scale not in CLS_LOSS_SCALES:
         yield "cls_loss_scale", cfg.cls_loss_scale, f"one of {list(CLS_LOSS_SCALES)}"
+    yield from _semantic_out_of_range(cfg)
     if not 1 <= cfg.average_top_k_layers <= cfg.depth:
         yield "average_top_k_layers", cfg.average_top_k_layers, f"between 1 and model.depth={cfg.depth}"
     if cfg.clone_batch < 1:
@@ -217,6 +234,22 @@ def _out_of_range(cfg: Data2VecMultiConfig) -> Iterator[Tuple[str, Any, str]]:
         yield "modalities.image.decoder.decoder_layers", decoder.decoder_layers, "at least 1 layer of kernel >= 1"
     if not 0 <= decoder.input_dropout < 1:
         yield "modalities.image.decoder.input_dropout", decoder.input_dropout, "a probability in [0, 1)"
+
+
+def _semantic_out_of_range(cfg: Data2VecMultiConfig) -> Iterator[Tuple[str, Any, str]]:
+    for name in ("lambda_machine_id", "lambda_transform", "semantic_start_update", "num_machine_ids",
+                 "semantic_focal_gamma"):
+        if getattr(cfg, name) < 0:
+            yield name, getattr(cfg, name), "a non-negative value"
+    if cfg.lambda_machine_id > 0 and cfg.num_machine_ids < 1:
+        yield ("num_machine_ids", cfg.num_machine_ids,
+               "at least 1 with lambda_machine_id > 0 (the machine_sounds task sets it from the data)")
+    if not 0 <= cfg.semantic_head_dropout < 1:
+        yield "semantic_head_dropout", cfg.semantic_head_dropout, "a probability in [0, 1)"
+    if not 0 <= cfg.semantic_label_smoothing < 1:
+        yield "semantic_label_smoothing", cfg.semantic_label_smoothing, "a smoothing in [0, 1)"
+    if not cfg.semantic_lr_scale > 0:
+        yield "semantic_lr_scale", cfg.semantic_lr_scale, "a learning-rate scale > 0"
 
 
 def iter_field_paths(cfg_cls: type, prefix: str = "") -> Iterator[str]:

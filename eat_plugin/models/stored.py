@@ -34,15 +34,17 @@ def stored_model_cfg(state: Mapping[str, Any], source: Any) -> dict:
     return model
 
 
-def network_from_checkpoint(state: Mapping[str, Any], source: Any) -> Tuple[nn.Module, int]:
+def network_from_checkpoint(state: Mapping[str, Any], source: Any,
+                            keep_semantic_heads: bool = False) -> Tuple[nn.Module, int]:
     """``(network, training length in frames)`` of a loaded checkpoint dict, weights loaded strictly.
 
-    Pre-trained: the student encoder (``Data2VecMultiModel`` without teacher and decoder). Fine-tuned:
-    the ``MaeImageClassificationModel``, rebuilt from ``pretrained_model_args`` alone.
+    Pre-trained: the student encoder (``Data2VecMultiModel`` without teacher and decoder; its machine-sound
+    heads with ``keep_semantic_heads``). Fine-tuned: the ``MaeImageClassificationModel``, rebuilt from
+    ``pretrained_model_args`` alone.
     """
     model_cfg = stored_model_cfg(state, source)
     if model_cfg["_name"] == "data2vec_multi":
-        network = student_encoder(config_from_dict(model_cfg), state["model"])
+        network = student_encoder(config_from_dict(model_cfg), state["model"], keep_semantic_heads)
         return network, network.cfg.modalities.image.target_length
     network = MaeImageClassificationModel(classifier_config(model_cfg))
     network.load_state_dict(dict(state["model"]), strict=True)

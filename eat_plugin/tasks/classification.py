@@ -42,7 +42,8 @@ from fairseq.tasks import register_task
 from omegaconf import open_dict
 
 from eat_plugin.data.datasets import LabelledFbankDataset
-from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors
+from eat_plugin.data.manifest import LabelDescriptors, read_label_descriptors, read_labels, read_manifest
+from eat_plugin.losses import class_weights_from_counts
 from eat_plugin.metrics import accuracy, mean_average_precision
 from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig, MaeImagePretrainingTask, run_config
 
@@ -218,7 +219,22 @@ class MaeImageClassificationTask(MaeImagePretrainingTask):
         if actualized is not None and getattr(cfg, "pretrained_model_args", None) is None:
             with open_dict(cfg):
                 cfg.pretrained_model_args = actualized
+        if getattr(cfg, "class_weights", "none") != "none":
+            model.set_class_weights(self.class_weights(cfg.class_weights))
         return model
+
+    def class_weights(self, kind: str) -> torch.Tensor:
+        """``(C,)`` loss weights from the training split's class counts (``losses.class_weights_from_counts``)."""
+        split = "train"
+        manifest = read_manifest(Path(self.cfg.data) / f"{split}.tsv")
+        labels = read_labels(Path(self.cfg.data) / f"{split}.{self.cfg.labels}", self.label_descriptors, manifest)
+        counts = torch.zeros(self.num_classes)  # (C,)
+        for clip in labels:
+            counts[clip] += 1
+        weights = class_weights_from_counts(counts, kind)  # (C,)
+        shown = ", ".join(f"{name}: {w:.2f}" for name, w in zip(self.label_descriptors.names[:8], weights.tolist()))
+        logger.info(f"model.class_weights={kind}: from {split} counts; {shown}{' ...' if self.num_classes > 8 else ''}")
+        return weights
 
     def _configure_model(self, cfg: Any) -> None:
         """``model.num_classes: null`` -> the class table's size; an explicit label type -> ``model.multi_label``."""

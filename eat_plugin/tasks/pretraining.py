@@ -13,7 +13,7 @@ image size of that legacy code: the input is ``(target_length, 128)``.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
@@ -21,6 +21,7 @@ from omegaconf import II, MISSING
 
 from eat_plugin.data.datasets import BlockMaskSpec, FbankDataset
 from eat_plugin.data.fbank import training_norm_stats
+from eat_plugin.diagnostics import chance_loss, check_initial_loss, parameters_without_grad
 from eat_plugin.layout import PATCH_FRAMES, check_target_length
 from eat_plugin.tasks.faults import TrainingFaults
 from eat_plugin.official_fields import TASK, check_refused
@@ -157,6 +158,41 @@ def check_run_options(run: Any) -> None:
         raise ValueError("invalid training options:\n  " + "\n  ".join(problems))
 
 
+def classification_losses(model, logging_output: Dict[str, Any], sample_size) -> Dict[str, Tuple[float, int]]:
+    """``{name: (mean cross-entropy, classes)}`` of the model's classification heads in a logging output:
+    a single-label classifier's loss, and the semantic heads' plain CEs."""
+    heads = {}
+    cfg = getattr(model, "cfg", None)
+    if getattr(model, "single_label", False) and sample_size:
+        heads["loss"] = (float(logging_output["loss"]) / float(sample_size), int(cfg.num_classes))
+    semantic = getattr(model, "semantic_heads", None)
+    for name in ("machine_id", "transform"):
+        head = getattr(semantic, name, None) if semantic is not None else None
+        if head is not None and f"{name}_ce" in logging_output:
+            heads[f"{name}_ce"] = (float(logging_output[f"{name}_ce"]), int(head[-1].out_features))
+    return heads
+
+
+def first_update_report(model, logging_output: Dict[str, Any], sample_size) -> None:
+    """Note 002's sanity checks, once: each classification head's first loss beside its chance value
+    ``ln K`` (a warning when far off), and the trainable parameters that got no gradient."""
+    for name, (value, classes) in classification_losses(model, logging_output, sample_size).items():
+        warning = check_initial_loss(name, value, classes)
+        if warning:
+            logger.warning(f"first update: {warning}")
+        else:
+            logger.info(f"first update: {name} {value:.3f}, chance ln {classes} = {chance_loss(classes):.3f}")
+    missing = parameters_without_grad(model)
+    semantic_phase_one = (getattr(model, "semantic_heads", None) is not None
+                          and model.num_updates < model.cfg.semantic_start_update)
+    if semantic_phase_one:  # the heads' terms are 0 until semantic_start_update: no gradient is expected
+        missing = [name for name in missing if not name.startswith("semantic_heads.")]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        logger.warning(f"first update: {len(missing)} trainable parameters got no gradient (an unused branch or a "
+                       f"detached path?): {shown}")
+
+
 def is_train_split(split: str) -> bool:
     """The split that gets augmentation, shuffling, weighted sampling and HDF5 input: ``train*``."""
     return split.startswith("train")
@@ -209,9 +245,15 @@ class MaeImagePretrainingTask(FairseqTask):
         return dataset
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        """fairseq's step; remembers the batch's clip ids for a NaN/Inf report (``eat_plugin.tasks.faults``)."""
+        """fairseq's step; remembers the batch's clip ids for a NaN/Inf report (``eat_plugin.tasks.faults``);
+        after the first real backward, the loss guide's sanity checks (``first_update_report``)."""
         self.faults.before_train_step(sample, update_num, ignore_grad)
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad)
+        if not ignore_grad and not getattr(self, "_first_update_checked", False):
+            self._first_update_checked = True
+            first_update_report(getattr(model, "module", model), logging_output, sample_size)
+        return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)

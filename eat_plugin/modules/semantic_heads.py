@@ -1,0 +1,41 @@
+"""The machine-sound semantic heads of design note 003: machine id and transformation, on patch latents.
+
+Each head is ``Linear(D, 128) -> SiLU -> Dropout(p) -> Linear(128, K)`` on a clip vector, the mean of
+the clip's patch latents (note §1); the transform head can also classify every patch on its own
+(``per_patch``: the clip's label repeated over its patches).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+
+HIDDEN = 128  # the note's head width
+
+
+class SemanticHead(nn.Sequential):
+    """``(..., D)`` -> ``(..., K)`` logits."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float):
+        super().__init__(nn.Linear(dim, HIDDEN), nn.SiLU(), nn.Dropout(dropout), nn.Linear(HIDDEN, num_classes))
+
+
+class SemanticHeads(nn.Module):
+    """The machine-id head (``num_machine_ids`` outputs, 0: none) and the transform head (``num_transforms``
+    outputs, 0: none) of one encoder of width ``dim``."""
+
+    def __init__(self, dim: int, num_machine_ids: int, num_transforms: int, dropout: float):
+        super().__init__()
+        self.machine_id: Optional[SemanticHead] = SemanticHead(dim, num_machine_ids, dropout) if num_machine_ids else None
+        self.transform: Optional[SemanticHead] = SemanticHead(dim, num_transforms, dropout) if num_transforms else None
+
+    def machine_logits(self, patches: Tensor) -> Tensor:
+        """``(B, N, D)`` patch latents of each clip -> ``(B, num_machine_ids)``."""
+        return self.machine_id(patches.mean(dim=1))  # (B, K)
+
+    def transform_logits(self, patches: Tensor, per_patch: bool) -> Tensor:
+        """``(B, N, D)`` -> ``(B, 6)``, or ``(B * N, 6)`` with ``per_patch`` (clip b's patches in rows b*N..)."""
+        if per_patch:
+            return self.transform(patches.reshape(-1, patches.size(-1)))  # (B * N, 6)
+        return self.transform(patches.mean(dim=1))  # (B, 6)
