@@ -11,7 +11,9 @@ means (arithmetic, as the DCASE 2020 tables; the harmonic mean is printed too).
     python scripts/score_anomalies.py runs/fan/checkpoint_best.pt --data data/fan --split test \\
         --out runs/fan/anomaly.tsv
 
-Input: a ``machine_sounds`` pre-training checkpoint (``model.lambda_machine_id > 0``) and a data directory
+Input: a ``machine_sounds`` pre-training checkpoint (``model.lambda_machine_id > 0``: its machine-id head),
+or a classifier fine-tuned on the machine ids of the same data directory (``mae_image_classification``:
+the machine-id head on a fine-tuned EAT encoder), and a data directory
 of ``scripts/prepare_machine_sounds.py``: ``{split}.tsv`` and ``{split}.machine.tsv`` (machine id and
 normal / anomaly condition per clip). Clips without a condition (unlabelled evaluation sets) are scored
 and written, but left out of the AUCs. Output: a per-clip score table (``--scores``), the per-id table
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+import torch
 
 if __name__ == "__main__":  # keep the command line free of fairseq's import-time log and warning noise
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -66,6 +69,14 @@ def anomaly_scores(log_probs: np.ndarray, machine_ids: Sequence[int]) -> np.ndar
     return -log_probs[np.arange(len(ids)), ids]  # (N,)
 
 
+def machine_log_probs(model, paths) -> np.ndarray:
+    """``(B, K)`` log-probabilities of the machine ids: the pre-training model's machine-id head, or the
+    fine-tuned classifier's softmax (window-averaged logits)."""
+    if model.is_classifier:
+        return torch.log_softmax(model.logits(paths), -1).numpy()
+    return model.machine_log_probs(paths).numpy()
+
+
 def per_machine_metrics(scores: np.ndarray, machine_ids: Sequence[int], anomalous: Sequence[Optional[bool]]) -> Dict:
     """``{"per_id": {id: {auc, pauc, normal, anomaly}}, "mean": {...}}`` over the labelled clips."""
     per_id = {}
@@ -93,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
                            f"{len(manifest)}; re-run scripts/prepare_machine_sounds.py")
     items = cli.manifest_items(manifest)
     model = cli.load(args, check_names=False, semantic_heads=True)
+    if model.is_classifier and not model.network.single_label:
+        raise cli.CLIError(f"{args.checkpoint}: a multi-label classifier; the machine-id detector needs one id per clip")
     rows = []
-    for index, (item, output, error) in enumerate(cli.map_batches(items, lambda paths: model.machine_log_probs(paths).numpy(),
-                                                                  args.batch_size, f"scoring {args.split}")):
+    for item, output, error in cli.map_batches(items, lambda paths: machine_log_probs(model, paths),
+                                               args.batch_size, f"scoring {args.split}"):
         if error is not None:
             raise cli.CLIError(f"{item.path}: {error}; every clip of the split is needed for the AUC")
         rows.append(output)

@@ -166,3 +166,22 @@ def test_criterion_logs_ssl_loss_selected_loss_and_head_accuracies():
     assert 0.0 <= values["transform_accuracy"] <= 100.0
     with pytest.raises(ValueError, match=r"selection_losses names \['recon'\]"):
         EATPretrainingCriterion(_Task(), selection_losses=["recon"])(model, sample)
+
+
+def test_uncertainty_weighting_learns_one_log_variance_per_head():
+    model = tiny_pretraining_model(semantic_weighting="uncertainty", **SEMANTIC).eval()
+    weighting = model.semantic_heads.weighting
+    assert weighting.names == ("machine_id", "transform")
+    with torch.no_grad():
+        weighting.log_vars.copy_(torch.tensor([0.5, -0.25]))
+    source, machine_id, transform = batch()
+    out = model(source, id=[0, 1, 2], machine_id=machine_id, transformation_id=transform)
+    for name, s in (("machine_id", 0.5), ("transform", -0.25)):  # exp(-s) CE + s, times the sample size
+        expected = (np.exp(-s) * float(out[f"{name}_ce"]) + s) * out["sample_size"]
+        assert float(out["losses"][name]) == pytest.approx(expected, rel=1e-5)
+        assert float(out[f"{name}_weight"]) == pytest.approx(np.exp(-s), rel=1e-6)
+    out["losses"]["machine_id"].backward()  # d/ds (exp(-s) L + s) = 1 - exp(-s) L, per sample-size unit
+    grad = float(weighting.log_vars.grad[0]) / out["sample_size"]
+    assert grad == pytest.approx(1 - np.exp(-0.5) * float(out["machine_id_ce"]), rel=1e-4)
+    with pytest.raises(ValueError, match="model.semantic_weighting='learned'"):
+        tiny_pretraining_model(semantic_weighting="learned", **SEMANTIC)

@@ -24,7 +24,7 @@ from fairseq.criterions.model_criterion import ModelCriterion, ModelCriterionCon
 
 PRETRAINING_LOG_KEYS = ["ema_decay", "target_var", "pred_var", "masked_pct"]
 SEMANTIC_TERMS = ("machine_id", "transform")  # the model's semantic loss terms (not SSL)
-SEMANTIC_LOG_KEYS = [f"{term}_ce" for term in SEMANTIC_TERMS] + [f"_{term}_{n}" for term in SEMANTIC_TERMS
+SEMANTIC_LOG_KEYS = [f"{term}_{what}" for term in SEMANTIC_TERMS for what in ("ce", "weight")] + [f"_{term}_{n}" for term in SEMANTIC_TERMS
                                                                   for n in ("correct", "count")]
 
 

@@ -25,8 +25,8 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
 
 from eat_plugin.layout import FREQ_PATCHES, check_target_length
-from eat_plugin.losses import (compute_var, cross_entropy, dino_loss, focal_loss, normalized_pixels, regression_loss,
-                               teacher_targets)
+from eat_plugin.losses import (UncertaintyWeighting, compute_var, cross_entropy, dino_loss, focal_loss, normalized_pixels,
+                               regression_loss, teacher_targets)
 from eat_plugin.models.keys import MODALITY, upgrade_legacy_keys
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
 from eat_plugin.models.state_check import check_state_matches
@@ -143,8 +143,12 @@ class Data2VecMultiModel(BaseFairseqModel):
         cfg = self.cfg
         if cfg.lambda_machine_id <= 0 and cfg.lambda_transform <= 0:
             return None
-        return SemanticHeads(cfg.embed_dim, cfg.num_machine_ids if cfg.lambda_machine_id > 0 else 0,
-                             NUM_TRANSFORMS if cfg.lambda_transform > 0 else 0, cfg.semantic_head_dropout)
+        heads = SemanticHeads(cfg.embed_dim, cfg.num_machine_ids if cfg.lambda_machine_id > 0 else 0,
+                              NUM_TRANSFORMS if cfg.lambda_transform > 0 else 0, cfg.semantic_head_dropout)
+        if cfg.semantic_weighting == "uncertainty":  # one learned log-variance per head, trained with the heads
+            heads.weighting = UncertaintyWeighting([name for name in ("machine_id", "transform")
+                                                    if getattr(heads, name) is not None])
+        return heads
 
     def _init_weights(self) -> None:
         if self.cfg.mae_init:
@@ -395,7 +399,13 @@ class Data2VecMultiModel(BaseFairseqModel):
             ce = cross_entropy(logits, labels, smoothing)  # (B[*N],)
             loss = (focal_loss(logits, labels, cfg.semantic_focal_gamma, None, smoothing)
                     if cfg.semantic_focal_gamma > 0 else ce)  # (B[*N],)
-            result["losses"][name] = loss.mean() * (weight * scale)
+            weighting = getattr(heads, "weighting", None)
+            if weighting is None:
+                result["losses"][name] = loss.mean() * (weight * scale)
+            else:  # exp(-s) L + s, scaled like every term (so that fairseq's division leaves it per clip)
+                log_var = weighting.log_vars[weighting.names.index(name)]
+                result["losses"][name] = (torch.exp(-log_var) * loss.mean() + log_var) * scale
+                result[f"{name}_weight"] = torch.exp(-log_var).detach()
             with torch.no_grad():
                 result[f"{name}_ce"] = ce.mean()
                 result[f"_{name}_correct"] = (logits.argmax(-1) == labels).sum()

@@ -174,11 +174,15 @@ class Data2VecMultiConfig(FairseqDataclass):
         default=1.0, metadata={"help": "learning rate of the head parameters relative to the rest"})
     transform_head_per_patch: bool = field(
         default=False, metadata={"help": "classify the transformation per patch (label repeated over patches)"})
+    semantic_weighting: str = field(
+        default="fixed", metadata={"help": "fixed: lambda x CE per head; uncertainty: exp(-s) x CE + s with a learned "
+                                           "log-variance s per head (Kendall et al.; lambda > 0 only switches it on)"})
     semantic_focal_gamma: float = field(
         default=0.0, metadata={"help": "> 0: the heads' loss is the focal loss with this gamma (note 002); 0: CE"})
 
 
 CLS_LOSS_SCALES = ("local_sample_size", "global_sample_size")
+SEMANTIC_WEIGHTINGS = ("fixed", "uncertainty")
 
 
 def check_supported(cfg: Data2VecMultiConfig) -> None:
@@ -248,6 +252,8 @@ def _semantic_out_of_range(cfg: Data2VecMultiConfig) -> Iterator[Tuple[str, Any,
         yield "semantic_head_dropout", cfg.semantic_head_dropout, "a probability in [0, 1)"
     if not 0 <= cfg.semantic_label_smoothing < 1:
         yield "semantic_label_smoothing", cfg.semantic_label_smoothing, "a smoothing in [0, 1)"
+    if cfg.semantic_weighting not in SEMANTIC_WEIGHTINGS:
+        yield "semantic_weighting", cfg.semantic_weighting, f"one of {list(SEMANTIC_WEIGHTINGS)}"
     if not cfg.semantic_lr_scale > 0:
         yield "semantic_lr_scale", cfg.semantic_lr_scale, "a learning-rate scale > 0"
 

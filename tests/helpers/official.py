@@ -33,7 +33,7 @@ CLASSIFICATION_TASK = "task:mae_image_classification"
 # and the task keys are stored beside the official task section, see eat_plugin.checkpoint_cfg).
 SEMANTIC_HEAD_FIELDS = ("num_machine_ids", "lambda_machine_id", "lambda_transform", "semantic_start_update",
                         "semantic_head_dropout", "semantic_label_smoothing", "semantic_lr_scale",
-                        "transform_head_per_patch", "semantic_focal_gamma")  # the machine-sound heads (design note 003)
+                        "transform_head_per_patch", "semantic_focal_gamma", "semantic_weighting")  # the machine-sound heads (design note 003)
 PLUGIN_FIELDS = {
     f"{PRETRAINING_MODEL}.cls_loss_scale", *(f"{PRETRAINING_MODEL}.{name}" for name in SEMANTIC_HEAD_FIELDS),
     f"{CLASSIFIER_MODEL}.multi_label", f"{CLASSIFIER_MODEL}.mixup_pairs", f"{CLASSIFIER_MODEL}.focal_gamma",
