@@ -185,3 +185,23 @@ def test_uncertainty_weighting_learns_one_log_variance_per_head():
     assert grad == pytest.approx(1 - np.exp(-0.5) * float(out["machine_id_ce"]), rel=1e-4)
     with pytest.raises(ValueError, match="model.semantic_weighting='learned'"):
         tiny_pretraining_model(semantic_weighting="learned", **SEMANTIC)
+
+
+@pytest.mark.parametrize("name", ["machine_sounds", "machine_sounds_tiny"])
+def test_machine_sound_recipes_compose_into_valid_configs(name):
+    """Both recipes as fairseq-hydra-train composes them: the machine_sounds task, semantic heads on,
+    validation on and the checkpoint chosen by the SSL validation losses."""
+    from eat_plugin.models.pretraining_config import check_supported, config_from_dict
+    from eat_plugin.tasks.machine_sounds import MachineSoundsConfig
+    from helpers.runs import compose_recipe
+    from omegaconf import OmegaConf
+
+    cfg = compose_recipe("pretraining", name, ["task.data=/data", "checkpoint.save_dir=/run", "common.user_dir=/x"])
+    model = config_from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+    check_supported(model)  # every value in range (the machine-id head size comes from the data)
+    assert model.lambda_machine_id > 0 and model.lambda_transform > 0
+    assert model.modalities.image.target_length == cfg.task.target_length
+    OmegaConf.merge(OmegaConf.structured(MachineSoundsConfig), cfg.task)  # every task key is declared
+    assert cfg.task._name == "machine_sounds" and not cfg.dataset.disable_validation
+    assert cfg.checkpoint.best_checkpoint_metric == "selected_loss" and not cfg.checkpoint.maximize_best_checkpoint_metric
+    assert list(cfg.criterion.selection_losses) == ["IMAGE_regression", "cls"]
