@@ -165,27 +165,62 @@ class EATModel:
         return torch.log_softmax(self.backbone.semantic_heads.machine_logits(patches).float(), -1)  # (W, K)
 
     def embed(self, inputs, granularity: str = "utterance", sample_rate: Optional[int] = None,
-              reshape: bool = False) -> Union[Tensor, List[Tensor]]:
+              reshape: bool = False,
+              layers: Union[None, str, int, Sequence[int]] = None) -> Union[Tensor, List[Tensor]]:
         """Backbone features (the last block's output, as the official feature extraction).
 
         Args:
             granularity: ``"utterance"`` -> ``(D,)`` CLS (mean over windows); ``"frame"`` -> ``(N, D)``
                 patch tokens, time-major, padding trimmed; ``"all"`` -> ``(1 + N, D)`` CLS then patches.
             reshape: frame features as ``(time patches, 8, D)`` (``"frame"`` only).
+            layers: ``None`` (default): the last block's output, as above. Otherwise the given blocks'
+                outputs as the official ``layer_results`` (each block's FFN output before its residual and
+                ``norm2``: the data2vec targets), stacked in front: ``(L, D)``, ``(L, N, D)`` or
+                ``(L, 1 + N, D)``. Block indices from 0 (negative from the end), or ``"all"``.
 
         Returns:
             one tensor for a single input, a list for a list of inputs.
         """
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity={granularity!r}: expected one of {GRANULARITIES}")
+        blocks = None if layers is None else self.block_indices(layers)
         single = not isinstance(inputs, list)
         clips = self.clips(inputs, sample_rate)
-        tokens = self._run(clips, self._tokens)  # per clip (W, 1 + N_w, D)
-        results = [self._aggregate(t, c.n_frames, granularity, reshape) for t, c in zip(tokens, clips)]
+        if blocks is None:
+            tokens = self._run(clips, self._tokens)  # per clip (W, 1 + N_w, D)
+            results = [self._aggregate(t, c.n_frames, granularity, reshape) for t, c in zip(tokens, clips)]
+        else:
+            tokens = self._run(clips, lambda windows: self._layer_tokens(windows, blocks))  # per clip (W, L, 1+N_w, D)
+            results = [torch.stack([self._aggregate(t[:, i], c.n_frames, granularity, reshape)
+                                    for i in range(len(blocks))]) for t, c in zip(tokens, clips)]
         return results[0] if single else results
+
+    @property
+    def depth(self) -> int:
+        return len(self.backbone.blocks)
+
+    def block_indices(self, layers: Union[str, int, Sequence[int]]) -> List[int]:
+        """``"all"``, an index or indices (negative from the end) -> block indices in ``0..depth-1``."""
+        if isinstance(layers, str) and layers == "all":
+            return list(range(self.depth))
+        chosen = [layers] if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool) else layers
+        if isinstance(chosen, str) or not isinstance(chosen, Sequence) or not chosen:
+            raise ValueError(f"layers={layers!r}: expected 'all', a block index or a list of them")
+        indices = []
+        for value in chosen:
+            valid = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if not valid or not -self.depth <= value < self.depth:
+                raise ValueError(f"layers={layers!r}: {value!r} is not a block of this {self.depth}-block model "
+                                 f"(0..{self.depth - 1}, or -{self.depth}..-1 from the end)")
+            indices.append(int(value) % self.depth)
+        return indices
 
     def _tokens(self, windows: Tensor) -> Tensor:
         return self.backbone.extract_features(windows, mask=False, remove_extra_tokens=False)["x"]  # (W, 1+N, D)
+
+    def _layer_tokens(self, windows: Tensor, blocks: Sequence[int]) -> Tensor:
+        layer_results = self.backbone.extract_features(windows, mask=False, remove_extra_tokens=False)["layer_results"]
+        return torch.stack([layer_results[i] for i in blocks], dim=1)  # (W, L, 1+N, D)
 
     def _aggregate(self, tokens: Tensor, n_frames: int, granularity: str, reshape: bool) -> Tensor:
         cls = tokens[:, 0].mean(0)  # (D,)

@@ -61,10 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="all (CLS + patches, default), frame (patches) or utterance (CLS)")
     parser.add_argument("--reshape", action="store_true",
                         help="frame features as (time patches, 8 frequency patches, D) instead of (N, D)")
+    parser.add_argument("--layers", type=parse_layers, default=None, metavar="all|I,J,...",
+                        help="the given transformer blocks' outputs (official layer_results, 0-based, negative from "
+                             "the end) stacked in front: (L, ...) per clip; default: the last block's output")
     parser.add_argument("--overwrite", action="store_true", help="recompute clips whose .npy already exists")
     parser.add_argument("--json", default=None, metavar="FILE|-",
                         help="write the summary (counts, output shape of the first clip, failed clips) as JSON")
     return parser
+
+
+def parse_layers(text: str):
+    """``all`` or comma-separated block indices (``0,5,-1``)."""
+    if text == "all":
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated block indices (e.g. 0,5,-1), got {text!r}")
 
 
 def output_path(outdir: Path, name: str) -> Path:
@@ -102,9 +115,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint.is_file():
         raise cli.CLIError(f"{args.checkpoint}: checkpoint not found")
     model = cli.load(args) if todo else None  # nothing to do: no need to load it
+    if model is not None and args.layers is not None:
+        try:
+            model.block_indices(args.layers)
+        except ValueError as err:
+            raise cli.CLIError(f"--layers: {err}") from None
 
     written, failed, shape = 0, [], None
-    embed = lambda paths: model.embed(list(paths), args.granularity, reshape=args.reshape)  # noqa: E731
+    embed = lambda paths: model.embed(list(paths), args.granularity, reshape=args.reshape, layers=args.layers)  # noqa: E731
     for item, features, error in cli.map_batches(todo, embed, args.batch_size, "extracting"):
         if error is not None:
             failed.append({"file": str(item.path), "reason": error})
@@ -118,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         written += 1
         shape = shape or list(array.shape)
 
-    summary = {"outdir": str(args.outdir), "granularity": args.granularity, "reshape": args.reshape,
+    summary = {"outdir": str(args.outdir), "granularity": args.granularity, "reshape": args.reshape, "layers": args.layers,
                "clips": len(items), "written": written, "skipped_existing": skipped, "failed": failed,
                "first_shape": shape}
     report(summary, sys.stderr if args.json == "-" else sys.stdout)
