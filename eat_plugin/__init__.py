@@ -11,8 +11,8 @@ layer               what                                                        
 ==================  ====================================================================  ================
 foundation          ``layout`` (16 kHz, 128 mel, 16 x 16 patches), ``masking``, ``seeding``,  foundation only
                     ``semantic_tasks``, ``official_fields``, ``console``, ``losses``,
-                    ``metrics``, ``diagnostics``, ``checkpoint*``, ``safetensors_io``,
-                    ``training_log``
+                    ``metrics``, ``diagnostics``, ``probing``, ``checkpoint*``,
+                    ``safetensors_io``, ``training_log``
 ``data``            audio I/O, the fbank front end, manifests, datasets, preparers         foundation
 ``modules``         attention, blocks, encoder, decoder, EMA, batch augmentation           foundation
 ``models``          the two registered models, their configs, checkpoint keys              + modules

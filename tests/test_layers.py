@@ -12,8 +12,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "eat_plugin"
 
-FOUNDATION = {"layout", "masking", "seeding", "semantic_tasks", "diagnostics", "official_fields", "console", "losses", "metrics", "checkpoint_cfg",
-              "checkpoint", "checkpoint_safety", "safetensors_io", "training_log"}
+FOUNDATION = {"layout", "masking", "seeding", "semantic_tasks", "diagnostics", "probing", "official_fields", "console",
+              "losses", "metrics", "checkpoint_cfg", "checkpoint", "checkpoint_safety", "safetensors_io",
+              "training_log"}
 # layer -> the layers (or foundation modules) it may import; the foundation may import the foundation only
 ALLOWED = {
     "foundation": FOUNDATION,
