@@ -116,19 +116,10 @@ def test_the_probe_finds_the_layer_with_the_planted_signal(tmp_path, monkeypatch
     assert script.run(args) == 0
 
 
-def test_probe_script_on_a_real_checkpoint(golden_dir, tmp_path):
+def test_probe_script_on_a_real_checkpoint(golden_dir, golden_data, tmp_path):
     """The golden pre-training checkpoint on its own 3-class data (no valid split: a held-out 20 % of train)."""
     script = load_script("probe")
-    data = tmp_path / "data"
-    data.mkdir()
-    for src in (golden_dir / "data").iterdir():
-        if src.suffix in (".tsv", ".lbl", ".csv"):
-            text = src.read_text()
-            if src.suffix == ".tsv":
-                lines = text.splitlines()
-                lines[0] = str(golden_dir / "data" / lines[0])
-                text = "\n".join(lines) + "\n"
-            (data / src.name).write_text(text)
+    data = golden_data
     assert script.main([str(golden_dir / "pretrain" / "checkpoint_last.pt"), "--data", str(data), "--test", "eval",
                         "--layers", "0,-1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
                         "--target-length", "128"]) == 0
