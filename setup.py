@@ -11,6 +11,7 @@ HERE = Path(__file__).resolve().parent
 RUNTIME = ("torch", "torchaudio", "ve-fairseq", "hydra-core", "omegaconf", "numpy", "soundfile", "h5py",
            "tensorboard", "matplotlib")
 TEST = ("pytest", "hypothesis")
+ONNX = ("onnx", "onnxruntime", "onnxscript")  # scripts/export_onnx.py only
 
 
 def pinned(names):
@@ -39,5 +40,5 @@ setup(
     package_dir={"eat_plugin.recipes": "config"},
     package_data={"eat_plugin.recipes": ["*.md", "pretraining/*.yaml", "finetuning/*.yaml"]},
     install_requires=pinned(RUNTIME),
-    extras_require={"test": pinned(TEST)},
+    extras_require={"test": pinned(TEST), "onnx": pinned(ONNX)},
 )

@@ -9,17 +9,17 @@ Layers (imports only point down; ``tests/test_layers.py`` checks every import):
 ==================  ====================================================================  ================
 layer               what                                                                  may import
 ==================  ====================================================================  ================
-foundation          ``layout`` (16 kHz, 128 mel, 16 x 16 patches), ``masking``, ``seeding``,  foundation only
-                    ``semantic_tasks``, ``official_fields``, ``console``, ``losses``,
-                    ``metrics``, ``diagnostics``, ``probing``, ``checkpoint*``,
+foundation          ``layout`` (16 kHz, 128 mel, 16 x 16 patches), ``masking``,            foundation only
+                    ``seeding``, ``semantic_tasks``, ``official_fields``, ``console``,
+                    ``losses``, ``metrics``, ``diagnostics``, ``probing``, ``checkpoint*``,
                     ``safetensors_io``, ``training_log``
 ``data``            audio I/O, the fbank front end, manifests, datasets, preparers         foundation
 ``modules``         attention, blocks, encoder, decoder, EMA, batch augmentation           foundation
 ``models``          the two registered models, their configs, checkpoint keys              + modules
 ``tasks``,          the registered tasks and criterions                                    + data, models
 ``criterions``
-``api``, ``hf``,    the Python API, HF conversion, recipes, CLI plumbing, plots            all of the above
-``cli``, ...
+``api``, ``hf``,    the Python API, HF conversion, recipes, CLI plumbing, ONNX export,     all of the above
+``cli``, ...        plots
 ``scripts/``        command-line tools (outside the package)                               the package
 ==================  ====================================================================  ================
 """

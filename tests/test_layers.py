@@ -27,6 +27,7 @@ ALLOWED = {
     "api": FOUNDATION | {"data", "modules", "models"},
     "hf": FOUNDATION | {"data", "modules", "models", "official_configs"},
     "cli": FOUNDATION | {"data", "api"},
+    "onnx_export": FOUNDATION | {"data", "api"},
     "plots": FOUNDATION,
 }
 
