@@ -126,3 +126,18 @@ def test_probe_script_on_a_real_checkpoint(golden_dir, golden_data, tmp_path):
     summary = json.loads((tmp_path / "out" / "probe.json").read_text())["summary"]
     assert [row["layer"] for row in summary["layers"]] == [0, 2] and summary["metric"] == "accuracy"
     assert all(0.0 <= row["linear"] <= 1.0 for row in summary["layers"])
+
+
+def test_several_directories_give_the_mean_and_the_sample_standard_deviation():
+    """ESC-50's five folds: one result per fold directory, then mean +- std (ddof=1) per layer and probe."""
+    script = load_script("probe")
+    folds = [{"metric": "accuracy", "layers": [{"layer": 0, "linear": v, "knn": v / 2}], "weighted": {"linear": v}}
+             for v in (0.6, 0.8, 0.7, 0.9, 0.5)]
+    summary = script.summarise(folds)
+    row = summary["layers"][0]
+    assert summary["directories"] == 5 and row["linear"] == pytest.approx(0.7)
+    assert row["linear_std"] == pytest.approx(np.sqrt(0.1 / 4))  # squares of (-.1, .1, 0, .2, -.2) sum to 0.1
+    assert row["knn"] == pytest.approx(0.35) and row["knn_std"] == pytest.approx(np.sqrt(0.025 / 4))
+    assert summary["weighted"]["linear_std"] == pytest.approx(np.sqrt(0.1 / 4))
+    assert script.summarise(folds[:1])["layers"][0]["linear_std"] is None  # one directory: no spread
+    assert "+- 15.8" in script.format_summary(summary)
