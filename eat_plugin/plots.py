@@ -154,6 +154,30 @@ def validation_figure(log: TrainingLog):
     return fig
 
 
+def is_head_metric(metric: str) -> bool:
+    """A classification head's plain loss or accuracy (the semantic heads: ``machine_id_ce``, ...)."""
+    return metric.endswith("_ce") or (metric.endswith("_accuracy") and metric != "accuracy")
+
+
+def train_valid_figure(log: TrainingLog):
+    """Design note 003's section-5 curves: each head's cross-entropy and accuracy on the training batches and
+    on the validation subset in one panel (overfitting: the train curve falls while the valid one rises);
+    None when no such metric is logged in both."""
+    section = train_section(log)
+    if section is None or log.valid_subset is None:
+        return None
+    metrics = [m for m in log.metrics(section) if is_head_metric(m) and m in log.series[log.valid_subset]]
+    if not metrics:
+        return None
+    fig = new_figure(8, 3.2 * len(metrics))
+    axes = np.atleast_1d(fig.subplots(len(metrics), 1, sharex=True)).ravel()
+    for ax, metric in zip(axes, metrics):
+        _plot(ax, log, section, [metric], label_prefix=f"{section} ")
+        _plot(ax, log, log.valid_subset, [metric], label_prefix=f"{log.valid_subset} ")
+        _finish(ax, f"{metric}: training vs '{log.valid_subset}'", metric)
+    return fig
+
+
 def _mark_best(ax, log: TrainingLog) -> None:
     step, value = log.best
     direction = "max" if log.maximize else "min"
@@ -166,7 +190,7 @@ def _mark_best(ax, log: TrainingLog) -> None:
 
 def training_figures(log: TrainingLog) -> Tuple[Dict[str, object], List[str]]:
     """``({file name: Figure}, [why a figure was skipped])`` for ``losses.png``, ``lr.png``,
-    ``pretraining.png`` and ``validation.png``."""
+    ``pretraining.png`` and ``validation.png``, plus ``heads_train_valid.png`` when heads log their CE."""
     builders = {
         "losses.png": (losses_figure, "no training loss (loss, loss_*) in the train_inner / train sections"),
         "lr.png": (lr_figure, "no learning rate (lr, lr_*) in the train_inner / train sections"),
@@ -180,6 +204,9 @@ def training_figures(log: TrainingLog) -> Tuple[Dict[str, object], List[str]]:
             skipped.append(f"{name}: {reason}")
         else:
             figures[name] = fig
+    heads = train_valid_figure(log)  # only runs with classification heads (machine_sounds) log these
+    if heads is not None:
+        figures["heads_train_valid.png"] = heads
     return figures, skipped
 
 

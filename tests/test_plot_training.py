@@ -253,3 +253,21 @@ def test_cli_errors_name_the_file(tmp_path, capsys):
         (tmp_path / run / "hydra_train.log").write_text(LOG)
     assert plot_training.main([str(tmp_path)]) == 1
     assert "2 hydra_train.log files below this folder" in capsys.readouterr().err
+
+
+def test_head_curves_put_training_and_validation_in_one_panel():
+    """Note 003 section 5: a head's CE on the training batches and on the validation subset, overlaid."""
+    train_steps, valid_steps = np.array([1, 2, 3, 4]), np.array([2, 4])
+    series = {"train_inner": {"loss": (train_steps, np.array([4.0, 3, 2, 1])),
+                              "machine_id_ce": (train_steps, np.array([1.9, 1.2, 0.6, 0.3]))},
+              "valid": {"loss": (valid_steps, np.array([3.0, 2.5])),
+                        "machine_id_ce": (valid_steps, np.array([1.6, 4.0])),  # overfitting: valid rises
+                        "best_loss": (valid_steps, np.array([3.0, 2.5]))}}
+    log = TrainingLog.from_series(series, "x")
+    figure = plots.training_figures(log)[0]["heads_train_valid.png"]
+    (ax,) = figure.axes
+    assert lines_xy(ax) == {"train_inner machine_id_ce": [[1.0, 1.9], [2.0, 1.2], [3.0, 0.6], [4.0, 0.3]],
+                            "valid machine_id_ce": [[2.0, 1.6], [4.0, 4.0]]}
+    del series["valid"]["machine_id_ce"]  # logged on one side only: no such figure, and no skip note
+    figures, skipped = plots.training_figures(TrainingLog.from_series(series, "x"))
+    assert "heads_train_valid.png" not in figures and not any("heads" in s for s in skipped)
