@@ -115,8 +115,8 @@ def test_each_transformation_does_what_its_name_says():
         rng = lambda: np.random.default_rng(seed)  # noqa: E731
         assert torch.equal(apply_transform(wave, 0, rng()), wave)
         assert torch.equal(apply_transform(wave, 1, rng()), wave.flip(0))
-        assert peak_frequency(apply_transform(wave, 2, rng())) / 440.0 == pytest.approx(1.25, rel=0.01) or \
-            peak_frequency(apply_transform(wave, 2, rng())) / 440.0 == pytest.approx(0.8, rel=0.01)
+        ratio = peak_frequency(apply_transform(wave, 2, rng())) / 440.0  # resampled by 5/4 or 4/5
+        assert min(abs(ratio - 1.25), abs(ratio - 0.8)) < 0.01, ratio
         gain_db = 20 * np.log10(float(apply_transform(wave, 3, rng()).abs().max()) / float(wave.abs().max()))
         assert -20.0 <= gain_db <= -10.0
         shifted = apply_transform(wave, 4, rng())
