@@ -1,39 +1,58 @@
-"""Pre-training step time and peak memory: eat_plugin vs the official code path, measured side by side.
+"""Where a pre-training step's time and memory go: a per-stage breakdown of the plugin's EAT step.
 
-The official-style path runs in the same model with the three things the official implementation
-does differently switched back on:
-  * attention computed eagerly (softmax(q·kᵀ)·v, the official ``AltAttention``) instead of
-    ``F.scaled_dot_product_attention``;
-  * clone copies materialised: ``x.repeat_interleave(clone_batch)`` to ``(B·C, N, D)`` before the
-    visible tokens are gathered, and the targets repeated to ``(B·C, N, D)`` before masking;
-  * masked positions selected with boolean indexing (a host-device sync per step).
-Both paths compute the same losses (checked first), with the same weights, masks and inputs.
+The step is run stage by stage, exactly as ``Data2VecMultiModel.forward`` runs it (the same methods, in the
+same order), with the wall time of each stage, the memory autograd keeps for the backward per stage, and
+the process's peak memory after each stage:
 
-    python bench/bench_pretrain_step.py --preset base --batch 12 --dtype bf16     # GPU
-    python bench/bench_pretrain_step.py --preset tiny --batch 4 --steps 5         # CPU smoke run
+    front end   Kaldi fbank of the batch's 10-s clips (what a DataLoader worker does per step)
+    EMA         teacher update (``set_num_updates``, as fairseq calls it at the start of each step)
+    embed       patch embedding + positions
+    student     the visible tokens of every clone through the blocks
+    decoder     noise tokens in, CNN decoder over the full grid
+    teacher     the EMA teacher on the full clip (once per clip), targets
+    losses      regression at the masked patches + CLS
+    backward    everything above
+    optimizer   AdamW (torch), fairseq's Adam, or the plugin's ``adam_fused``-style step (``--optimizer``)
+
+Use it to choose the next optimisation from data; `bench/bench_official.py` compares against the official
+code. Peak memory: CUDA ``max_memory_allocated``; CPU the process's peak RSS (VmHWM) minus the RSS after the
+imports.
+
+    .venv/bin/python bench/bench_pretrain_step.py --preset base                       # CPU, 2 threads
+    .venv/bin/python bench/bench_pretrain_step.py --preset base --checkpoint-activations
+    .venv/bin/python bench/bench_pretrain_step.py --preset base --batch 12 --dtype bf16   # GPU
 """
 
+from __future__ import annotations
+
 import argparse
+import re
 import time
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator
 
 import torch
 from omegaconf import OmegaConf
 
+from eat_plugin.data.fbank import pad_or_crop, wave_to_fbank
+from eat_plugin.masking import compute_block_mask_2d
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig
-from eat_plugin.modules.attention import set_fused_attention
-from eat_plugin.masking import compute_block_mask_2d
 
 PRESETS = {
     # official EAT-base (reference §6.1): D 768, depth 12, 16 clones, 1024 frames, CNN decoder 6 x 768
     "base": dict(embed_dim=768, depth=12, num_heads=12, clone_batch=16, target_length=1024,
                  decoder=dict(decoder_dim=768, decoder_groups=16, decoder_kernel=3, decoder_layers=6)),
+    "small": dict(embed_dim=384, depth=6, num_heads=6, clone_batch=16, target_length=1024,
+                  decoder=dict(decoder_dim=384, decoder_groups=16, decoder_kernel=3, decoder_layers=6)),
     "tiny": dict(embed_dim=32, depth=2, num_heads=2, clone_batch=2, target_length=128,
                  decoder=dict(decoder_dim=32, decoder_groups=8, decoder_kernel=3, decoder_layers=2)),
 }
+STAGES = ("front end", "EMA", "embed", "student", "decoder", "teacher", "losses", "backward", "optimizer")
 
 
-def build_config(preset: dict):
+def build_config(preset: dict, checkpoint_activations: bool = False):
+    """The base recipe's model section (config/pretraining/base.yaml) at the preset's size."""
     cfg = OmegaConf.structured(Data2VecMultiConfig)
     return OmegaConf.merge(cfg, {
         "embed_dim": preset["embed_dim"], "depth": preset["depth"], "num_heads": preset["num_heads"],
@@ -41,6 +60,7 @@ def build_config(preset: dict):
         "ema_decay": 0.9998, "ema_end_decay": 0.99999, "ema_anneal_end_step": 100000, "max_update": 400000,
         "seed": 1, "instance_norm_target_layer": True, "layer_norm_targets": True, "ema_encoder_only": False,
         "encoder_dropout": 0.0, "post_mlp_drop": 0.0, "attention_dropout": 0.0, "supported_modality": "IMAGE",
+        "checkpoint_activations": checkpoint_activations,
         "modalities": {"image": {
             "in_chans": 1, "embed_dim": preset["embed_dim"], "target_length": preset["target_length"],
             "inverse_mask": True, "mask_prob": 0.8, "mask_prob_adjust": 0.07, "mask_length": 5,
@@ -51,90 +71,131 @@ def build_config(preset: dict):
     })
 
 
-class OfficialStyle(Data2VecMultiModel):
-    """Same parameters and maths, the official memory/sync pattern (see the module docstring)."""
-
-    def _encode_visible(self, patches, info, clip_of_row):
-        x = patches.repeat_interleave(self.clone_batch, 0)  # (R, N, D): one copy per clone
-        visible = x.gather(1, info.ids_keep.unsqueeze(-1).expand(-1, -1, x.size(-1)))  # (R, N_keep, D)
-        x = self.dropout_input(self.modality_encoders["IMAGE"].contextualize(visible))
-        for block in self.blocks:
-            x, _ = block(x)
-        return x
-
-    def _gather_masked(self, pred, targets, info, clip_of_row):
-        targets = targets.repeat_interleave(self.clone_batch, 0)  # (R, N, D)
-        return pred[info.mask], targets[info.mask]  # boolean indexing: syncs on the mask count
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    status = open("/proc/self/status").read()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 2**20
 
 
-def time_steps(model, optimizer, source, masks, steps, autocast_dtype, fused):
-    set_fused_attention(fused)
-    device = source.device
-    timings = []
-    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
-    for step in range(steps + 2):  # 2 warm-up steps
-        model.set_num_updates(step + 1)  # the EMA teacher update, as fairseq does each step
+def make_optimizer(name: str, params, device: torch.device):
+    if name == "fairseq":  # fairseq's own Adam, as the recipes' composite optimizer runs it
+        from fairseq.optim.adam import Adam
+        return Adam(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=name == "fused")
+
+
+class StepBreakdown:
+    """Times each stage and tallies the storages autograd saves for the backward during it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: Dict[str, float] = {}
+        self.saved: Dict[str, int] = {}
+        self.peak: Dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        storages: Dict[int, int] = {}
+
+        def pack(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        self._sync()
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model(source=source, precomputed_mask=masks)
-            loss = sum(l.float().sum() for l in out["losses"].values()) / out["sample_size"]
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            yield
+        self._sync()
+        self.seconds[name] = time.perf_counter() - start
+        self.saved[name] = sum(storages.values())
+        self.peak[name] = peak_memory_gib(self.device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def run_step(model: Data2VecMultiModel, optimizer, waves: torch.Tensor, masks: torch.Tensor, update: int,
+             autocast_dtype, target_length: int) -> StepBreakdown:
+    """One training step, stage by stage, as ``Data2VecMultiModel.forward`` + fairseq's train step run it."""
+    device = masks.device
+    timer = StepBreakdown(device)
+    with timer.stage("front end"):
+        source = torch.stack([pad_or_crop(wave_to_fbank(w), target_length) for w in waves])  # (B, T, 128)
+        source = source.unsqueeze(1).to(device)  # (B, 1, T, 128)
+    with timer.stage("EMA"):
+        model.set_num_updates(update)
+    encoder = model.modality_encoders["IMAGE"]
+    batch, rows = source.size(0), source.size(0) * model.clone_batch
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with timer.stage("embed"):
+            patches = encoder.embed(source)  # (B, N, D)
+            info = model._mask_info(masks, rows, patches.size(1), device)
+            clip_of_row = torch.arange(batch, device=device).repeat_interleave(model.clone_batch)  # (R,)
+        with timer.stage("student"):
+            student = model.decoder_input_dropout(model._encode_visible(patches, info, clip_of_row))  # (R, E+K, D)
+        with timer.stage("decoder"):
+            pred = model._decode(student, info, None)  # (R, N, D)
+        with timer.stage("teacher"):
+            targets = model._teacher_targets(source)  # (B, N, D)
+        with timer.stage("losses"):
+            result = model._losses(source, student, pred, targets, info, clip_of_row)
+            loss = sum(term.float().sum() for term in result["losses"].values()) / result["sample_size"]
+    del student, pred, targets, result, patches
+    with timer.stage("backward"):
         loss.backward()
+    with timer.stage("optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= 2:
-            timings.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return sorted(timings)[len(timings) // 2], peak
+    return timer
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="base")
-    parser.add_argument("--batch", type=int, default=12, help="clips per step (official: 12 per GPU)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="bf16")
+    parser.add_argument("--batch", type=int, default=1, help="clips per step (official: 12 per GPU)")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps, after 2 warm-up steps")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--optimizer", choices=["adamw", "fused", "fairseq"], default="adamw",
+                        help="torch AdamW (foreach), torch's fused AdamW kernel, or fairseq's Adam")
+    parser.add_argument("--checkpoint-activations", action="store_true",
+                        help="model.checkpoint_activations=true (student blocks and decoder layers)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     preset = PRESETS[args.preset]
-    cfg = build_config(preset)
+    base_memory = peak_memory_gib(device) if device.type == "cpu" else 0.0
 
     torch.manual_seed(0)
-    ours = Data2VecMultiModel(cfg).to(device).train()
-    official = OfficialStyle(cfg).to(device).train()
-    official.load_state_dict(ours.state_dict())
-    rows = args.batch * preset["clone_batch"]
-    grid = (preset["target_length"] // 16, 8)
-    source = torch.randn(args.batch, 1, preset["target_length"], 128, device=device)
-    masks = compute_block_mask_2d((rows, grid[0] * grid[1]), 0.8, 5, 0.07, True, img_shape=grid).to(device)
+    model = Data2VecMultiModel(build_config(preset, args.checkpoint_activations)).to(device).train()
+    optimizer = make_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad], device)
+    frames, grid = preset["target_length"], (preset["target_length"] // 16, 8)
+    waves = 0.1 * torch.randn(args.batch, 160 * frames + 240)  # clips of exactly `frames` fbank frames
+    masks = compute_block_mask_2d((args.batch * preset["clone_batch"], grid[0] * grid[1]), 0.8, 5, 0.07, True,
+                                  img_shape=grid).to(device)
+    steps = [run_step(model, optimizer, waves, masks, update, autocast_dtype, frames)
+             for update in range(1, args.steps + 3)][2:]
 
-    with torch.no_grad():  # same losses (noise tokens off for the comparison)
-        for m in (ours, official):
-            m.cfg.modalities.image.mask_noise_std = 0.0
-        set_fused_attention(False)
-        a = official(source=source, precomputed_mask=masks)
-        b = ours(source=source, precomputed_mask=masks)
-        diff = max((a["losses"][k] - b["losses"][k]).abs().max().item() for k in a["losses"])
-        for m in (ours, official):
-            m.cfg.modalities.image.mask_noise_std = 0.01
-
-    results = {}
-    for name, model, fused in (("official-style", official, False), ("eat_plugin", ours, True)):
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda")
-        results[name] = time_steps(model, optimizer, source, masks, args.steps, autocast_dtype, fused)
-        del optimizer
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"{args.preset}: {args.batch} clips x {preset['clone_batch']} clones, T={preset['target_length']}, "
-          f"{args.dtype} autocast, {name}; loss max |diff| between paths {diff:.2e}")
-    base_time, base_mem = results["official-style"]
-    for label, (seconds, peak) in results.items():
-        print(f"  {label:15s} {seconds * 1000:8.1f} ms/step  ({base_time / seconds:.2f}x speed)   "
-              f"peak {peak:6.2f} GiB  ({peak / base_mem if base_mem == base_mem else float('nan'):.2f}x)")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{args.preset}: {params:.1f} M parameters, {args.batch} clip(s) x {preset['clone_batch']} clones, "
+          f"T={frames}, {args.dtype}, optimizer {args.optimizer}, checkpoint_activations="
+          f"{args.checkpoint_activations}, {name}, torch {torch.__version__}")
+    median: Callable[[list], float] = lambda values: sorted(values)[len(values) // 2]
+    total = median([sum(s.seconds.values()) for s in steps])
+    print(f"  {'stage':10s} {'ms':>9s} {'share':>6s} {'saved for bwd':>14s} {'peak after':>11s}")
+    for stage in STAGES:
+        seconds = median([s.seconds[stage] for s in steps])
+        saved = median([s.saved[stage] for s in steps]) / 2**20
+        peak = max(s.peak[stage] for s in steps) - base_memory
+        print(f"  {stage:10s} {seconds * 1e3:9.1f} {seconds / total:6.1%} {saved:10.0f} MiB {peak:7.2f} GiB")
+    print(f"  {'step':10s} {total * 1e3:9.1f}   (median of {len(steps)}; {args.batch / total:.2f} clips/s)")
+    print(f"  peak memory {max(max(s.peak.values()) for s in steps) - base_memory:.2f} GiB"
+          + (" (RSS high-water mark minus the RSS after the imports)" if device.type == "cpu" else ""))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from eat_plugin.layout import FREQ_PATCHES, check_target_length
 from eat_plugin.losses import (UncertaintyWeighting, compute_var, cross_entropy, dino_loss, focal_loss, normalized_pixels,
@@ -63,7 +64,7 @@ def build_audio_encoder(cfg: Data2VecMultiConfig) -> AudioEncoder:
     decoder = CNNDecoder(
         cfg.embed_dim, image.decoder.decoder_dim, image.decoder.decoder_groups, image.decoder.decoder_kernel,
         image.decoder.decoder_layers, image.target_length // image.patch_size, FREQ_PATCHES,
-        residual=image.decoder.decoder_residual,
+        residual=image.decoder.decoder_residual, checkpoint=cfg.checkpoint_activations,
     )
     return AudioEncoder(
         cfg.embed_dim, image.target_length, image.max_length, image.patch_size, image.num_extra_tokens,
@@ -73,15 +74,22 @@ def build_audio_encoder(cfg: Data2VecMultiConfig) -> AudioEncoder:
 
 
 def run_blocks(blocks: nn.ModuleList, x: Tensor, layerdrop: float, training: bool,
-               path_draws: Optional[Tensor] = None) -> Tuple[Tensor, List[Tensor]]:
+               path_draws: Optional[Tensor] = None, checkpoint: bool = False) -> Tuple[Tensor, List[Tensor]]:
     """Transformer blocks over ``(R, T, D)``; returns the output and each block's target ``(R, T, D)``.
 
     ``path_draws``: optional ``(R, L, 2)`` U[0, 1) stochastic-depth draws, block i reads ``[:, i]``.
+    ``checkpoint``: keep only each block's input and recompute the block in the backward (when training
+    with gradients; the recomputation replays the same dropout / drop-path draws).
     """
+    recompute = checkpoint and training and torch.is_grad_enabled()
     layer_results = []
     for i, block in enumerate(blocks):
         if not training or layerdrop == 0 or float(torch.rand(())) > layerdrop:
-            x, target = block(x, path_draws=None if path_draws is None else path_draws[:, i])
+            draws = None if path_draws is None else path_draws[:, i]  # (R, 2)
+            if recompute:
+                x, target = recompute_in_backward(block, x, path_draws=draws, use_reentrant=False)
+            else:
+                x, target = block(x, path_draws=draws)
             layer_results.append(target)
     return x, layer_results
 
@@ -253,7 +261,8 @@ class Data2VecMultiModel(BaseFairseqModel):
         elif info is not None and self.cfg.modalities.image.encoder_zero_mask:
             patches = patches * (~info.mask).unsqueeze(-1).to(patches.dtype)  # masked tokens zeroed
         x = self.dropout_input(encoder.contextualize(patches))  # (B, E + N', D)
-        x, layer_results = run_blocks(self.blocks, x, self.cfg.layerdrop, self.training, path_draws)
+        x, layer_results = run_blocks(self.blocks, x, self.cfg.layerdrop, self.training, path_draws,
+                                      self.cfg.checkpoint_activations)
         if remove_extra_tokens:
             x = x[:, encoder.num_extra_tokens:]  # (B, N', D)
         return {"x": x, "padding_mask": None, "layer_results": layer_results, "mask": info}
@@ -308,7 +317,8 @@ class Data2VecMultiModel(BaseFairseqModel):
         """Gather each row's visible patches straight from its clip (no clone copies), then encode."""
         visible = patches[clip_of_row.unsqueeze(1), info.ids_keep]  # (R, N_keep, D)
         x = self.dropout_input(self.modality_encoders[MODALITY].contextualize(visible))  # (R, E + N_keep, D)
-        return run_blocks(self.blocks, x, self.cfg.layerdrop, self.training)[0]  # (R, E + N_keep, D)
+        return run_blocks(self.blocks, x, self.cfg.layerdrop, self.training,
+                          checkpoint=self.cfg.checkpoint_activations)[0]  # (R, E + N_keep, D)
 
     def _decode(self, student: Tensor, info: MaskInfo, clip_ids: Optional[Sequence[int]]) -> Tensor:
         """Visible outputs back in place, N(0, mask_noise_std) noise at masked patches, then the CNN decoder."""

@@ -103,6 +103,11 @@ class MaeImageClassificationConfig(FairseqDataclass):
         default="none", metadata={"help": f"single-label: weight each class's loss by its training count: none | "
                                           f"{' | '.join(CLASS_WEIGHT_KINDS)} (the task computes them from the "
                                           f"train split's labels; mean 1 over the classes present)"})
+    checkpoint_activations: bool = field(
+        default=False,
+        metadata={"help": "activation checkpointing of the encoder blocks: keep only each block's input and "
+                          "recompute the block in the backward (less memory, one more forward; same gradients)"},
+    )
     multi_label: Optional[bool] = field(
         default=None,
         metadata={"help": "BCE (true) or cross-entropy (false) loss; null: the official rule (multi-label when "
@@ -357,7 +362,7 @@ def backbone_config(cfg: MaeImageClassificationConfig, args) -> Data2VecMultiCon
         start_drop_path_rate=float(drop_path[0]), end_drop_path_rate=float(drop_path[-1]),
         encoder_dropout=cfg.encoder_dropout, post_mlp_drop=cfg.post_mlp_drop,
         attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
-        dropout_input=cfg.dropout_input, layerdrop=cfg.layerdrop,
+        dropout_input=cfg.dropout_input, layerdrop=cfg.layerdrop, checkpoint_activations=cfg.checkpoint_activations,
     )
     if cfg.norm_eps is not None:
         model_args["norm_eps"] = cfg.norm_eps

@@ -160,6 +160,12 @@ class Data2VecMultiConfig(FairseqDataclass):
                           "world size: the same model on any number of ranks; exact when every rank's batch has "
                           "the same size)"},
     )
+    checkpoint_activations: bool = field(
+        default=False,
+        metadata={"help": "activation checkpointing: keep only each student block's and decoder layer's input and "
+                          "recompute the layer in the backward (less memory for one more forward of those layers; "
+                          "same losses and gradients)"},
+    )
     # machine-sound semantic heads (design note 003; off unless a lambda is > 0)
     num_machine_ids: int = field(
         default=0, metadata={"help": "machine-id head outputs; the machine_sounds task raises it to the largest "

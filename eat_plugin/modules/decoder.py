@@ -3,12 +3,19 @@
 Each layer: grouped ``k x k`` conv -> (SamePad2d) -> LayerNorm over channels without affine -> GELU,
 with a residual connection; then a Linear back to the model width. Parameter paths match the official
 ``decoder.blocks.{i}.0.{weight,bias}`` and ``decoder.proj.*``.
+
+The feature maps live in channels-last memory (``(R, H, W, C)`` in memory, ``(R, C, H, W)`` to the conv):
+the ``(R, N, D)`` tokens are already that layout, the convolutions run faster in it, and the channel
+LayerNorm reads contiguous rows, so the decoder makes no layout copies (the official one makes four
+per layer). ``checkpoint``: recompute each layer's activations in the backward instead of keeping them.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 
 class SamePad2d(nn.Module):
@@ -31,9 +38,9 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.transpose(-3, -1)  # (R, W, H, C)
+        x = x.permute(0, 2, 3, 1)  # (R, H, W, C): contiguous for a channels-last input
         x = F.layer_norm(x, (self.channels,), eps=self.eps)
-        return x.transpose(-3, -1)  # (R, C, H, W)
+        return x.permute(0, 3, 1, 2)  # (R, C, H, W)
 
 
 class CNNDecoder(nn.Module):
@@ -47,11 +54,13 @@ class CNNDecoder(nn.Module):
         layers: number of conv layers.
         grid_h, grid_w: patch grid (time patches, frequency patches).
         residual: add each layer's input when the channel counts match.
+        checkpoint: recompute each layer in the backward (activation checkpointing; training only).
     """
 
     def __init__(self, embed_dim: int, decoder_dim: int, groups: int, kernel: int, layers: int, grid_h: int,
-                 grid_w: int, residual: bool = True):
+                 grid_w: int, residual: bool = True, checkpoint: bool = False):
         super().__init__()
+        self.checkpoint = checkpoint
         if decoder_dim % groups or embed_dim % groups:
             raise ValueError(f"decoder_groups={groups} must divide decoder_dim={decoder_dim} and embed_dim={embed_dim}")
         self.grid_h, self.grid_w = grid_h, grid_w
@@ -78,9 +87,12 @@ class CNNDecoder(nn.Module):
                 f"the decoder was built for a {self.grid_h}x{self.grid_w} patch grid ({self.grid_h * self.grid_w} "
                 f"patches) but got {tokens}; pre-train with the model's target_length"
             )
-        x = x.transpose(1, 2).reshape(rows, dim, self.grid_h, self.grid_w)  # (R, D, H, W)
+        x = x.reshape(rows, self.grid_h, self.grid_w, dim).permute(0, 3, 1, 2)  # (R, D, H, W), channels-last
         for block in self.blocks:
-            out = block(x)  # (R, C, H, W)
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                out = recompute_in_backward(block, x, use_reentrant=False)  # (R, C, H, W)
+            else:
+                out = block(x)  # (R, C, H, W)
             x = out + x if self.residual and out.size(1) == x.size(1) else out
-        x = x.reshape(rows, -1, tokens).transpose(1, 2)  # (R, N, C)
+        x = x.permute(0, 2, 3, 1).reshape(rows, tokens, -1)  # (R, N, C): a view of channels-last memory
         return self.proj(x)  # (R, N, D)

@@ -36,6 +36,7 @@ SEMANTIC_HEAD_FIELDS = ("num_machine_ids", "lambda_machine_id", "lambda_transfor
                         "transform_head_per_patch", "semantic_focal_gamma", "semantic_weighting")  # the machine-sound heads (design note 003)
 PLUGIN_FIELDS = {
     f"{PRETRAINING_MODEL}.cls_loss_scale", *(f"{PRETRAINING_MODEL}.{name}" for name in SEMANTIC_HEAD_FIELDS),
+    f"{PRETRAINING_MODEL}.checkpoint_activations", f"{CLASSIFIER_MODEL}.checkpoint_activations",
     f"{CLASSIFIER_MODEL}.multi_label", f"{CLASSIFIER_MODEL}.mixup_pairs", f"{CLASSIFIER_MODEL}.focal_gamma",
     f"{CLASSIFIER_MODEL}.focal_alpha", f"{CLASSIFIER_MODEL}.class_weights",
     f"{PRETRAINING_TASK}.min_sample_size", f"{PRETRAINING_TASK}.norm_mean",

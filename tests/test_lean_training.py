@@ -1,0 +1,147 @@
+"""The memory / speed paths of training give the same numbers as the plain ones.
+
+* activation checkpointing (``checkpoint_activations``) of the student blocks, the decoder layers and the
+  fine-tuning encoder: same losses and gradients with dropout and stochastic depth on (the recomputation
+  replays the draws), and it really keeps less for the backward;
+* the channels-last CNN decoder equals the official layout's computation written out here (NCHW conv,
+  channel LayerNorm through explicit transposes);
+* the fp32 EMA teacher shares its parameters with the fp32 masters, and a half-precision teacher does not.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eat_plugin.masking import compute_block_mask_2d
+from eat_plugin.models.mae_image_classification import MaeImageClassificationModel
+from eat_plugin.modules.decoder import CNNDecoder
+from helpers import TARGET_LENGTH, finetune_config, save_pretrained, tiny_pretraining_model
+
+DROPOUTS = {"encoder_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1, "post_mlp_drop": 0.1,
+            "end_drop_path_rate": 0.2}
+
+
+def saved_bytes(fn):
+    """Run ``fn()`` and return (its result, bytes of the distinct storages autograd kept for the backward)."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = fn()
+    return result, sum(storages.values())
+
+
+def pretraining_step(checkpoint: bool):
+    model = tiny_pretraining_model(seed=3, checkpoint_activations=checkpoint, **DROPOUTS).train()
+    model.set_num_updates(1)
+    source = torch.randn(2, 1, TARGET_LENGTH, 128, generator=torch.Generator().manual_seed(0))
+    masks = compute_block_mask_2d((4, 64), 0.8, 5, 0.07, True, img_shape=(8, 8))
+    torch.manual_seed(11)  # dropout, drop path and mask noise from the global RNG
+    out, kept = saved_bytes(lambda: model(source=source, precomputed_mask=masks))
+    loss = sum(term.sum() for term in out["losses"].values()) / out["sample_size"]
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in out["losses"].items()}, grads, kept
+
+
+def test_pretraining_checkpointing_same_losses_and_gradients():
+    plain_losses, plain_grads, plain_kept = pretraining_step(checkpoint=False)
+    losses, grads, kept = pretraining_step(checkpoint=True)
+    assert set(losses) == set(plain_losses) and set(grads) == set(plain_grads)
+    for name in losses:
+        torch.testing.assert_close(losses[name], plain_losses[name], rtol=0, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert any(g.abs().sum() > 0 for name, g in grads.items() if "decoder" in name)
+    assert kept < 0.6 * plain_kept, (kept, plain_kept)
+
+
+def test_finetuning_checkpointing_same_loss_and_gradients(tmp_path):
+    path = tmp_path / "pretrain.pt"
+    save_pretrained(path)
+    imgs = torch.randn(3, 1, TARGET_LENGTH, 128, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 2, 4])
+    results = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        model = MaeImageClassificationModel(finetune_config(
+            path, checkpoint_activations=checkpoint, drop_path_rate=0.2, encoder_dropout=0.1,
+            esc50_eval=True, audio_mae=True, prediction_mode="MEAN_POOLING")).train()
+        torch.manual_seed(5)
+        out, kept = saved_bytes(lambda: model(imgs, label=labels))
+        loss = sum(term.sum() for term in out["losses"].values())
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads, kept))
+    (plain_loss, plain_grads, plain_kept), (loss, grads, kept) = results
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=1e-6)
+    assert set(grads) == set(plain_grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert kept < 0.6 * plain_kept, (kept, plain_kept)
+
+
+def test_checkpointing_is_off_without_gradients():
+    model = tiny_pretraining_model(checkpoint_activations=True).eval()
+    source = torch.randn(1, 1, TARGET_LENGTH, 128)
+    with torch.no_grad():
+        features = model.extract_features(source)["x"]
+    reference = tiny_pretraining_model(checkpoint_activations=False).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(features, reference.extract_features(source)["x"], rtol=0, atol=0)
+
+
+def official_layout_decoder(decoder: CNNDecoder, x: torch.Tensor) -> torch.Tensor:
+    """The official ``Decoder2d`` computation: NCHW copies, LayerNorm over channels via transposes."""
+    rows, tokens, dim = x.shape
+    h = x.transpose(1, 2).reshape(rows, dim, decoder.grid_h, decoder.grid_w).contiguous()  # (R, D, H, W)
+    for layer in decoder.blocks:
+        conv = layer[0]
+        out = F.conv2d(h, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)
+        out = F.layer_norm(out.transpose(-3, -1), (out.size(1),), eps=1e-5).transpose(-3, -1)
+        out = F.gelu(out)
+        h = out + h
+    return decoder.proj(h.reshape(rows, -1, tokens).transpose(1, 2))
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_channels_last_decoder_equals_the_official_layout(checkpoint):
+    torch.manual_seed(0)
+    decoder = CNNDecoder(64, 64, 16, 3, 3, grid_h=6, grid_w=8, checkpoint=checkpoint).train()
+    x = torch.randn(5, 48, 64, requires_grad=True)
+    out = decoder(x)
+    expected = official_layout_decoder(decoder, x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_teacher_is_its_masters_and_half_teacher_is_not():
+    model = tiny_pretraining_model().train()
+    teacher = model.teacher
+    params = dict(teacher.model.named_parameters())
+    assert all(params[name].data_ptr() == master.data_ptr() for name, master in teacher.fp32_params.items())
+    before = {name: master.clone() for name, master in teacher.fp32_params.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    model.set_num_updates(1)  # one EMA step
+    decay = teacher.decay
+    name = "blocks.0.attn.qkv.weight"
+    student = dict(model.named_parameters())[name].detach().clone()
+    torch.testing.assert_close(params[name], decay * before[name] + (1 - decay) * student, rtol=1e-6, atol=1e-7)
+
+    model.to(torch.bfloat16)
+    params = dict(teacher.model.named_parameters())
+    assert params[name].dtype == torch.bfloat16 and teacher.fp32_params[name].dtype == torch.float32
+    assert params[name].data_ptr() != teacher.fp32_params[name].data_ptr()
+    torch.testing.assert_close(params[name], teacher.fp32_params[name].to(torch.bfloat16), rtol=0, atol=0)
+    model.to(torch.float32)  # back to fp32: shared again, values kept
+    params = dict(teacher.model.named_parameters())
+    assert params[name].data_ptr() == teacher.fp32_params[name].data_ptr()
+    torch.testing.assert_close(params[name], decay * before[name] + (1 - decay) * student, rtol=1e-6, atol=1e-7)
