@@ -98,3 +98,33 @@ def test_the_machine_id_classifier_on_a_fine_tuned_encoder_scores_anomalies_too(
                                                 "--json", str(metrics_path)]) == 0
     metrics = json.loads(metrics_path.read_text())
     assert metrics["mean"]["auc"] > 0.75, metrics  # measured 0.902 (per id 0.69 / 0.98 / 0.97 / 0.97)
+
+
+def test_pretraining_with_heads_continues_from_a_plain_eat_checkpoint(trained, tmp_path):
+    """A released-style checkpoint (no semantic_heads.*) + checkpoint.reset_*: the heads start fresh, the
+    rest loads strictly, and the EMA / semantic schedules restart with the trainer's count."""
+    import subprocess
+
+    import torch
+
+    root, _ = trained
+    state = torch.load(root / "run" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("semantic_heads.")}
+    plain = tmp_path / "plain_eat.pt"
+    torch.save(state, plain)
+    cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "pretraining"), "--config-name", "machine_sounds_tiny",
+           f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={root / 'data'}", f"checkpoint.save_dir={tmp_path / 'run'}",
+           f"hydra.run.dir={tmp_path / 'run'}", f"checkpoint.restore_file={plain}", "checkpoint.reset_optimizer=true",
+           "checkpoint.reset_lr_scheduler=true", "checkpoint.reset_dataloader=true", "checkpoint.reset_meters=true",
+           f"optimization.max_update={START + 10}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=train_env())
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "the checkpoint has no semantic heads: they start from their initialisation" in log
+    rows = logged_rows(log)
+    assert [int(r["num_updates"]) for r in rows] == list(range(1, START + 11))
+    # the EMA schedule restarted (recipe: 0.9 -> 0.99 over 400 updates), as in a fresh run: x 1000 in the log
+    assert [float(r["ema_decay"]) for r in rows[:2]] == pytest.approx([900.0, 1000 * (0.99 - 0.09 * (1 - 1 / 400))])
+    assert all(float(r["loss_machine_id"]) == 0 for r in rows[:START])
+    assert float(rows[0]["machine_id_ce"]) == pytest.approx(1.946, abs=0.15)  # fresh head: ~ln 7
+    assert all(float(r["loss_machine_id"]) > 0 for r in rows[START:])

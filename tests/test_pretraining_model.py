@@ -223,6 +223,22 @@ def test_no_ema_step_on_resume_or_in_eval():
     assert all(torch.equal(before[k], v) for k, v in model.teacher.fp32_params.items())
 
 
+def test_a_reset_update_counter_restarts_the_ema_schedule():
+    """checkpoint.reset_optimizer: fairseq sets the checkpoint's count at load, then trains from 0."""
+    model = tiny_model().train()
+    model.set_num_updates(400000)  # at load: a released checkpoint's count (no step)
+    model.set_num_updates(0)  # the reset trainer's first train step
+    before = {k: v.clone() for k, v in model.teacher.fp32_params.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.set_num_updates(1)
+    assert model.num_updates == 1 and model.teacher.decay == pytest.approx(annealed_decay(1, 0.9, 0.99, 10))
+    name = "blocks.0.mlp.fc1.weight"
+    expected = model.teacher.decay * before[name] + (1 - model.teacher.decay) * dict(model.named_parameters())[name]
+    torch.testing.assert_close(model.teacher.fp32_params[name], expected.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_teacher_gets_no_gradient_and_every_student_parameter_does():
     model = tiny_model(recon_loss=1.0).train()
     assert not any(p is t for p in model.parameters() for t in model.teacher.model.parameters())

@@ -96,6 +96,23 @@ def test_the_teacher_holds_no_head_and_student_encoder_drops_them():
     torch.testing.assert_close(kept.semantic_heads.machine_id[3].weight, model.semantic_heads.machine_id[3].weight)
 
 
+def test_a_plain_eat_checkpoint_starts_the_heads_fresh_and_a_partial_one_is_refused():
+    from eat_plugin.models.state_check import CheckpointMismatchError
+
+    plain = tiny_pretraining_model(seed=1).state_dict()  # a released-style checkpoint: no semantic_heads.*
+    model = tiny_pretraining_model(seed=2, **SEMANTIC)
+    fresh = {k: v.clone() for k, v in model.semantic_heads.state_dict().items()}
+    model.load_state_dict(dict(plain), strict=True)
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, plain["blocks.0.attn.qkv.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(model.teacher.fp32_params["blocks.0.mlp.fc1.weight"], plain["_ema"]["blocks.0.mlp.fc1.weight"])
+    for key, value in model.semantic_heads.state_dict().items():
+        torch.testing.assert_close(value, fresh[key], rtol=0, atol=0)
+    partial = dict(tiny_pretraining_model(seed=3, **SEMANTIC).state_dict())
+    del partial["semantic_heads.transform.3.weight"]
+    with pytest.raises(CheckpointMismatchError, match="missing"):
+        tiny_pretraining_model(seed=2, **SEMANTIC).load_state_dict(partial, strict=True)
+
+
 # ------------------------------------------------------------------------------- transformations
 
 

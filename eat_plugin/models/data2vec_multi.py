@@ -28,9 +28,9 @@ from torch.utils.checkpoint import checkpoint as recompute_in_backward
 from eat_plugin.layout import FREQ_PATCHES, check_target_length
 from eat_plugin.losses import (UncertaintyWeighting, compute_var, cross_entropy, dino_loss, focal_loss, normalized_pixels,
                                regression_loss, teacher_targets)
-from eat_plugin.models.keys import MODALITY, upgrade_legacy_keys
+from eat_plugin.models.keys import MODALITY, SEMANTIC_HEADS, upgrade_legacy_keys
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
-from eat_plugin.models.state_check import check_state_matches
+from eat_plugin.models.state_check import check_state_matches, checkpoint_kind
 from eat_plugin.modules.block import PostLNBlock
 from eat_plugin.modules.decoder import CNNDecoder
 from eat_plugin.modules.ema import EMATeacher, annealed_decay
@@ -209,8 +209,20 @@ class Data2VecMultiModel(BaseFairseqModel):
         """fairseq's load, after one clear check that the weights are this model's (kind and size)."""
         if strict:
             self.upgrade_state_dict(state_dict)
+            self._add_fresh_semantic_heads(state_dict)
             check_state_matches(self, state_dict, PRETRAINING_KIND)
         return super().load_state_dict(state_dict, strict, model_cfg, args)
+
+    def _add_fresh_semantic_heads(self, state_dict: Dict[str, Tensor]) -> None:
+        """A pre-training checkpoint without any ``semantic_heads.*`` (plain EAT, e.g. a released one) into a
+        model with heads: the heads keep their initialisation (logged). Anything else loads strictly."""
+        if self.semantic_heads is None or any(key.startswith(SEMANTIC_HEADS) for key in state_dict):
+            return
+        if checkpoint_kind(state_dict) != PRETRAINING_KIND:
+            return  # check_state_matches names what it is
+        for key, tensor in self.semantic_heads.state_dict(prefix=SEMANTIC_HEADS).items():
+            state_dict[key] = tensor.detach().clone()
+        logger.info("the checkpoint has no semantic heads: they start from their initialisation")
 
     def upgrade_state_dict_named(self, state_dict, name):
         upgrade_legacy_keys(state_dict, f"{name}." if name else "")
@@ -221,6 +233,15 @@ class Data2VecMultiModel(BaseFairseqModel):
         """fairseq calls this at the START of each train step with the updates done so far; the teacher
         then folds in the student of that update (decay annealed linearly, reference §3.9)."""
         super().set_num_updates(num_updates)
+        if num_updates < self.num_updates - 1:
+            # The trainer counts from a smaller number than the checkpoint it loaded: a run started from a
+            # checkpoint with checkpoint.reset_optimizer / reset_lr_scheduler (e.g. continuing a released
+            # model). The schedules (EMA decay, semantic_start_update) follow the trainer's count; the
+            # official guard would freeze the teacher until the old count came round again.
+            logger.info("update counter reset from %d to %d: the EMA schedule restarts", self.num_updates,
+                        num_updates)
+            self.num_updates = num_updates
+            return
         if self.num_updates == 0 and num_updates > 1:
             # Loading / resuming. A checkpoint saved after update n holds a teacher that has folded in the
             # student up to update n-1 (the step for n happens at the start of the next train step). The
