@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Union
 import numpy as np
 import omegaconf
 import torch
+from fairseq.distributed.utils import _TensorPlaceholder
 
 from eat_plugin.checkpoint_cfg import from_official_layout
 
@@ -61,6 +62,9 @@ FAIRSEQ_CHECKPOINT_GLOBALS: List[Any] = [
     bool,
     collections.defaultdict,
     *_numpy_globals(),  # numpy scalars / arrays in extra_state (meters, iterator state)
+    # fairseq's broadcast_object (a resume on several ranks: rank 0 loads the checkpoint and sends it with its
+    # tensors replaced by these index markers, the other ranks torch.load it): a frozen dataclass of one int
+    _TensorPlaceholder,
 ]
 
 

@@ -247,3 +247,17 @@ def test_weighted_epoch_shards_are_disjoint_and_together_the_draw(tmp_path):
         assert sorted(sum(one, [])) == sorted(draw)
         assert not set(sum(rank0, [])) & set(sum(rank1, []))
         assert [sorted(a + b) for a, b in zip(rank0, rank1)] == [sorted(u) for u in one]
+
+
+def test_two_ranks_resume_from_their_checkpoint_as_if_unbroken(data, tmp_path):
+    """fairseq loads the checkpoint on rank 0 and broadcasts it (``broadcast_object``: a ``torch.load`` with
+    torch's default weights_only on the other ranks); the resumed run ends where the unbroken one ends."""
+    import shutil
+
+    updates = [f"optimization.max_update={UPDATES + 2}", "checkpoint.no_epoch_checkpoints=false"]
+    pretrain_on_two_ranks(data, tmp_path / "unbroken", *updates)  # epoch 1 = updates 1-3: checkpoint1.pt
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(tmp_path / "unbroken" / "checkpoint1.pt", tmp_path / "resumed" / "checkpoint_last.pt")
+    log = pretrain_on_two_ranks(data, tmp_path / "resumed", *updates)
+    assert f"@ {UPDATES} updates" in log  # "Loaded checkpoint ... (epoch 1 @ 3 updates)"
+    assert max(max_differences(tmp_path / "unbroken", tmp_path / "resumed").values()) == 0
