@@ -12,7 +12,8 @@ layer               what                                                        
 foundation          ``layout`` (16 kHz, 128 mel, 16 x 16 patches), ``masking``,            foundation only
                     ``seeding``, ``semantic_tasks``, ``official_fields``, ``console``,
                     ``losses``, ``metrics``, ``diagnostics``, ``probing``, ``checkpoint*``,
-                    ``safetensors_io``, ``training_log``
+                    ``safetensors_io``, ``training_log``, ``optim`` (the ``adam_fused``
+                    optimizer)
 ``data``            audio I/O, the fbank front end, manifests, datasets, preparers         foundation
 ``modules``         attention, blocks, encoder, decoder, EMA, batch augmentation           foundation
 ``models``          the two registered models, their configs, checkpoint keys              + modules
@@ -31,7 +32,7 @@ from eat_plugin.checkpoint_safety import install as _install_checkpoint_safety  
 
 _install_checkpoint_safety()  # atomic checkpoint writes, a clear error for a truncated one (idempotent)
 
-from eat_plugin import criterions, data, models, tasks  # noqa: E402,F401  (registers with fairseq)
+from eat_plugin import criterions, data, models, optim, tasks  # noqa: E402,F401  (registers with fairseq)
 from eat_plugin.api import EATModel, load_model  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "eat_plugin"
 
 FOUNDATION = {"layout", "masking", "seeding", "semantic_tasks", "diagnostics", "probing", "official_fields", "console",
               "losses", "metrics", "checkpoint_cfg", "checkpoint", "checkpoint_safety", "safetensors_io",
-              "training_log"}
+              "training_log", "optim"}
 # layer -> the layers (or foundation modules) it may import; the foundation may import the foundation only
 ALLOWED = {
     "foundation": FOUNDATION,

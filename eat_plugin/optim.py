@@ -1,0 +1,309 @@
+"""``adam_fused``: fairseq's Adam update computed with torch's multi-tensor kernels, as a fairseq optimizer.
+
+fairseq's ``adam`` (``fairseq.optim.adam.Adam`` without apex) loops over the parameters in Python, a
+handful of kernels per tensor. ``adam_fused`` computes the same update for a whole parameter group at once
+and can stand in for it anywhere ``adam`` is used, e.g. as the per-group optimizer of fairseq's
+``composite`` optimizer (``optimizer.groups.default.optimizer._name=adam_fused``). The config fields are
+``adam``'s plus ``implementation``:
+
+* ``loop``: fairseq's per-parameter code, op for op (bit-identical to ``adam``);
+* ``foreach``: the same ops as ``torch._foreach_*`` calls over the group (bit-identical to ``adam`` on the
+  CPU, where torch runs them tensor by tensor; on CUDA the multi-tensor kernels may round differently);
+* ``fused``: torch's fused AdamW kernel (``torch._fused_adamw_``, CPU and CUDA), a few ulp from ``adam``;
+* ``auto`` (default): ``fused`` where torch has that kernel for the device, else ``foreach``; on TPUs
+  (``common.tpu``) ``loop``, the code fairseq runs there.
+
+The update, fairseq's (AdamW-style decoupled weight decay, ``eps`` added to the *uncorrected* ``sqrt(v)``)::
+
+    m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g²;   bc1 = 1 - b1^t;   bc2 = 1 - b2^t
+    p -= lr · wd · p;   p -= lr · sqrt(bc2) / bc1 · m / (sqrt(v) + eps)
+
+torch's kernel computes ``p -= lr / bc1 · m / (sqrt(v) / sqrt(bc2) + eps')``; with ``eps' = eps / sqrt(bc2)``
+(passed on every step) that is the same expression multiplied through by ``sqrt(bc2)``, so ``fused`` differs
+from ``adam`` only by rounding: the kernel decays ``p`` as ``p · (1 - lr·wd)``, forms ``m`` with a lerp and
+divides by ``sqrt(bc2)`` where fairseq multiplies the step size.
+
+Everything else follows ``adam``: the optimizer state is ``{step (int), exp_avg, exp_avg_sq}`` per parameter
+and the parameter-group keys are ``lr, betas, eps, weight_decay, amsgrad``, so checkpoints move between
+``adam`` and ``adam_fused`` (any implementation) in both directions; fp16 / bf16 parameters
+(``--memory-efficient-fp16`` / ``--memory-efficient-bf16``) are updated in fp32 with fp32 state, which a
+checkpoint load keeps fp32; flat parameters (fairseq's ``FP16Optimizer``) work; ``average_params`` (BMUF)
+averages ``exp_avg`` / ``exp_avg_sq`` over the ranks as ``adam`` does. Refused, with an error:
+``use_old_adam: true`` (choose ``implementation: loop``), ``fp16_adam_stats: true`` (``adam`` supports it
+only with apex's FusedAdamV1), ``amsgrad`` groups, sparse gradients, a checkpoint whose state is not
+Adam's.
+
+Note: fairseq's trainer resumes an optimizer only if the top-level optimizer class is the one that wrote the
+checkpoint. Inside ``composite`` (the recipes) the top level is always ``FairseqCompositeOptimizer``, so a
+run started with ``adam`` resumes with ``adam_fused`` and back; a top-level ``optimizer._name`` switch
+between ``adam`` and ``adam_fused`` is refused by the trainer ("Optimizer does not match").
+"""
+
+import ast
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II, OmegaConf
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+MOMENTS = ("exp_avg", "exp_avg_sq")
+# tensors per multi-tensor call are taken in runs of at most this many elements: bounds the fp32 copies of
+# fp16 / bf16 parameters and gradients and foreach's sqrt(v) buffer (64 MiB each in fp32); on the CPU 8 MiB,
+# which glibc's allocator reuses instead of mapping fresh pages on every step (foreach 1.5x faster there)
+CHUNK_NUMEL = {"cpu": 2 ** 21}
+DEFAULT_CHUNK_NUMEL = 2 ** 24
+
+
+@dataclass
+class AdamFusedConfig(FairseqDataclass):
+    adam_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for Adam optimizer"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "epsilon for Adam optimizer"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
+    use_old_adam: bool = field(default=False, metadata={
+        "help": "fairseq adam's switch to its Python loop; refused here, set implementation: loop"})
+    fp16_adam_stats: bool = field(default=False, metadata={
+        "help": "FP16 Adam state (fairseq adam: apex FusedAdamV1 only); refused here, the state is fp32"})
+    implementation: ChoiceEnum(list(IMPLEMENTATIONS)) = field(default="auto", metadata={
+        "help": "fused: torch's fused AdamW kernel with fairseq's eps placement; foreach: torch._foreach_* ops; "
+                "loop: fairseq's per-parameter code; auto: fused where torch has the kernel, else foreach"})
+    tpu: bool = II("common.tpu")
+    lr: List[float] = II("optimization.lr")
+
+
+def parse_betas(betas) -> tuple:
+    """``adam_betas`` as fairseq writes it: a list, a tuple or a string such as ``"(0.9, 0.98)"``."""
+    if isinstance(betas, str):
+        betas = ast.literal_eval(betas)
+    elif OmegaConf.is_config(betas):
+        betas = OmegaConf.to_container(betas)
+    return tuple(float(b) for b in betas)
+
+
+@register_optimizer("adam_fused", dataclass=AdamFusedConfig)
+class FairseqAdamFused(FairseqOptimizer):
+    """fairseq's Adam update (:class:`fairseq.optim.adam.FairseqAdam`, AdamW-style weight decay) on torch's
+    multi-tensor kernels; see the module docstring."""
+
+    def __init__(self, cfg: AdamFusedConfig, params):
+        super().__init__(cfg)
+        if getattr(cfg, "use_old_adam", False):
+            raise ValueError("adam_fused: use_old_adam is fairseq adam's switch to its Python loop; "
+                             "set implementation: loop instead")
+        if getattr(cfg, "fp16_adam_stats", False):
+            raise NotImplementedError("adam_fused: fp16_adam_stats is not supported (fairseq's adam supports it "
+                                      "only with apex's FusedAdamV1); the Adam state here is fp32")
+        implementation = str(getattr(cfg.implementation, "value", cfg.implementation))
+        if implementation == "auto" and getattr(cfg, "tpu", False):
+            implementation = "loop"  # fairseq's adam runs its Python loop on TPUs
+        self._optimizer = AdamFused(params, implementation=implementation, **self.optimizer_config)
+        devices = {p.device for group in self._optimizer.param_groups for p in group["params"]}
+        chosen = {str(d): self._optimizer._implementation_for(d) for d in devices}  # an unsupported choice fails here
+        logger.info(f"adam_fused: implementation {implementation} ({chosen})")
+
+    @property
+    def optimizer_config(self):
+        """The keyword arguments that override those stored in a checkpoint (as fairseq's adam)."""
+        return {
+            "lr": self.cfg.lr[0] if isinstance(self.cfg.lr, Collection) else self.cfg.lr,
+            "betas": parse_betas(self.cfg.adam_betas),
+            "eps": self.cfg.adam_eps,
+            "weight_decay": self.cfg.weight_decay,
+        }
+
+    def average_params(self):
+        """Average ``exp_avg`` / ``exp_avg_sq`` over the ranks (BMUF), as fairseq's adam does."""
+        total = float(dist.get_world_size())
+        for state in self.optimizer.state.values():
+            for key in MOMENTS:
+                if key in state:
+                    state[key] /= total
+                    dist.all_reduce(state[key], op=dist.ReduceOp.SUM)
+
+
+def fused_supported(device: torch.device) -> bool:
+    if not hasattr(torch, "_fused_adamw_"):
+        return False
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        devices = _get_fused_kernels_supported_devices()
+    except ImportError:  # an older torch
+        devices = ["cuda"]
+    return device.type in devices
+
+
+class AdamFused(torch.optim.Optimizer):
+    """The torch optimizer behind ``adam_fused``: the update of :class:`fairseq.optim.adam.Adam`, its state
+    and parameter-group layout, with the implementation chosen by ``implementation``."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                 implementation="auto"):
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"adam_fused: implementation must be one of {IMPLEMENTATIONS}, not {implementation!r}")
+        if amsgrad:
+            raise NotImplementedError("adam_fused: amsgrad is not supported")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"adam_fused: betas must be in [0, 1), not {betas}")
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"adam_fused: lr, eps and weight_decay must be >= 0 (lr {lr}, eps {eps}, "
+                             f"weight_decay {weight_decay})")
+        # the same group keys as fairseq's Adam: state dicts move between the two
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=False))
+        self.implementation = implementation
+
+    @property
+    def supports_memory_efficient_fp16(self):
+        return True  # fp16 / bf16 parameters and gradients are updated in fp32, the state is fp32
+
+    @property
+    def supports_flat_params(self):
+        return True
+
+    # fairseq's MemoryEfficientFP16Optimizer re-inserts the saved state after load_state_dict unless this is
+    # set; load_state_dict below keeps the fp32 state of fp16 / bf16 parameters itself
+    disable_mem_eff_fp16_loading_hack = True
+
+    # ------------------------------------------------------------------------------------------------ state
+
+    def load_state_dict(self, state_dict):
+        """torch's load (it casts the state to each parameter's dtype), then the fp32 state of fp16 / bf16
+        parameters put back; a state that is not Adam's stops here with an error naming the parameter."""
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups) or any(
+                len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)):
+            raise ValueError("adam_fused: the checkpoint's optimizer state has other parameter groups "
+                             f"({[len(g['params']) for g in saved_groups]} parameters) than this model "
+                             f"({[len(g['params']) for g in self.param_groups]}); resume with "
+                             "checkpoint.reset_optimizer=true")
+        params = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
+                          chain.from_iterable(g["params"] for g in self.param_groups)))
+        for group in saved_groups:
+            if group.get("amsgrad", False):
+                raise NotImplementedError("adam_fused: the checkpoint's optimizer used amsgrad, not supported")
+        for key, state in saved_state.items():
+            p = params.get(key)
+            if p is None:
+                continue
+            if "step" not in state or any(k not in state for k in MOMENTS):
+                raise ValueError(f"adam_fused: the checkpoint's optimizer state for parameter {key} is not Adam's "
+                                 f"(keys {sorted(state)}); resume with checkpoint.reset_optimizer=true")
+            for k in MOMENTS:
+                if tuple(state[k].shape) != tuple(p.shape):
+                    raise ValueError(f"adam_fused: the checkpoint's {k} for parameter {key} has shape "
+                                     f"{tuple(state[k].shape)}, the parameter {tuple(p.shape)}")
+        super().load_state_dict(state_dict)
+        for key, p in params.items():
+            if key in saved_state and p.dtype in LOW_PRECISION:
+                for k in MOMENTS:
+                    self.state[p][k] = saved_state[key][k].to(device=p.device, dtype=torch.float32)
+
+    # ------------------------------------------------------------------------------------------------- step
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group.get("amsgrad", False):
+                raise NotImplementedError("adam_fused: amsgrad is not supported")
+            # parameters of a group in runs of (device, dtype, step): each run is one set of kernel calls
+            runs = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Adam does not support sparse gradients, please consider SparseAdam instead")
+                work_dtype = torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    for k in MOMENTS:
+                        state[k] = torch.zeros_like(p, dtype=work_dtype, memory_format=torch.preserve_format)
+                else:
+                    for k in MOMENTS:  # e.g. a state loaded onto the CPU (as fairseq's Adam, moved lazily)
+                        if state[k].device != p.device or state[k].dtype != work_dtype:
+                            state[k] = state[k].to(device=p.device, dtype=work_dtype)
+                state["step"] = int(state["step"]) + 1
+                runs[(p.device, work_dtype, state["step"])].append(p)
+            for (device, _, step), run in runs.items():
+                implementation = self._implementation_for(device)
+                for chunk in chunks(run, CHUNK_NUMEL.get(device.type, DEFAULT_CHUNK_NUMEL)):
+                    self._update(chunk, group, step, implementation)
+        return loss
+
+    def _implementation_for(self, device: torch.device) -> str:
+        if self.implementation == "auto":
+            return "fused" if fused_supported(device) else "foreach"
+        if self.implementation == "fused" and not fused_supported(device):
+            raise RuntimeError(f"adam_fused: torch {torch.__version__} has no fused AdamW kernel for {device.type} "
+                               "tensors; set implementation: foreach (or auto)")
+        return self.implementation
+
+    def _update(self, params, group, step: int, implementation: str):
+        work = [p if p.dtype not in LOW_PRECISION else p.float() for p in params]
+        grads = []
+        for p, w in zip(params, work):
+            g = p.grad if p.grad.dtype == w.dtype else p.grad.to(w.dtype)
+            if implementation == "fused" and g.stride() != w.stride():
+                g = torch.empty_like(w).copy_(g)  # the kernel wants one layout per parameter, state and grad
+            grads.append(g)
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        # fairseq's Adam: Python floats (double), from the integer step
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        if implementation == "fused":
+            steps = [torch.full((), float(step), dtype=torch.float32, device=work[0].device)] * len(work)
+            torch._fused_adamw_(work, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                                weight_decay=weight_decay, eps=eps / math.sqrt(bias_correction2),
+                                amsgrad=False, maximize=False)
+        else:
+            step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+            if implementation == "foreach":
+                torch._foreach_mul_(exp_avgs, beta1)
+                torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+                torch._foreach_mul_(exp_avg_sqs, beta2)
+                torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+                denom = torch._foreach_sqrt(exp_avg_sqs)
+                torch._foreach_add_(denom, eps)
+                if weight_decay != 0:
+                    torch._foreach_add_(work, work, alpha=-weight_decay * lr)
+                torch._foreach_addcdiv_(work, exp_avgs, denom, value=-step_size)
+            else:  # loop: fairseq.optim.adam.Adam.step, op for op
+                for p, g, exp_avg, exp_avg_sq in zip(work, grads, exp_avgs, exp_avg_sqs):
+                    exp_avg.mul_(beta1).add_(g, alpha=1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = exp_avg_sq.sqrt().add_(eps)
+                    if weight_decay != 0:
+                        p.add_(p, alpha=-weight_decay * lr)
+                    p.addcdiv_(exp_avg, denom, value=-step_size)
+        for p, w in zip(params, work):
+            if w is not p:
+                p.copy_(w)
+
+
+def chunks(params, limit: int):
+    """``params`` in consecutive runs of at most ``limit`` elements (a larger tensor on its own)."""
+    run, numel = [], 0
+    for p in params:
+        if run and numel + p.numel() > limit:
+            yield run
+            run, numel = [], 0
+        run.append(p)
+        numel += p.numel()
+    if run:
+        yield run
