@@ -2,7 +2,7 @@
 
 The step is run stage by stage, exactly as ``Data2VecMultiModel.forward`` runs it (the same methods, in the
 same order), with the wall time of each stage, the memory autograd keeps for the backward per stage, and
-the process's peak memory after each stage:
+the memory in use after each stage:
 
     front end   Kaldi fbank of the batch's 10-s clips (what a DataLoader worker does per step)
     EMA         teacher update (``set_num_updates``, as fairseq calls it at the start of each step)
@@ -12,11 +12,11 @@ the process's peak memory after each stage:
     teacher     the EMA teacher on the full clip (once per clip), targets
     losses      regression at the masked patches + CLS
     backward    everything above
-    optimizer   AdamW (torch), fairseq's Adam, or the plugin's ``adam_fused``-style step (``--optimizer``)
+    optimizer   the plugin's ``adam_fused``, fairseq's ``adam`` or torch's AdamW (``--optimizer``)
 
 Use it to choose the next optimisation from data; `bench/bench_official.py` compares against the official
-code. Peak memory: CUDA ``max_memory_allocated``; CPU the process's peak RSS (VmHWM) minus the RSS after the
-imports.
+code. Memory in use: CUDA ``memory_allocated``, CPU the process's RSS; peak: CUDA ``max_memory_allocated``,
+CPU the RSS high-water mark (VmHWM); both minus the RSS after the imports on the CPU.
 
     .venv/bin/python bench/bench_pretrain_step.py --preset base                       # CPU, 2 threads
     .venv/bin/python bench/bench_pretrain_step.py --preset base --checkpoint-activations
@@ -71,18 +71,22 @@ def build_config(preset: dict, checkpoint_activations: bool = False):
     })
 
 
-def peak_memory_gib(device: torch.device) -> float:
+def memory_gib(device: torch.device, peak: bool) -> float:
+    """Memory in use now (``peak=False``) or at most so far, GiB."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**30
+        return (torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()) / 2**30
     status = open("/proc/self/status").read()
-    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 2**20
+    return int(re.search(r"VmHWM:\s+(\d+)" if peak else r"VmRSS:\s+(\d+)", status).group(1)) / 2**20
 
 
 def make_optimizer(name: str, params, device: torch.device):
     if name == "fairseq":  # fairseq's own Adam, as the recipes' composite optimizer runs it
         from fairseq.optim.adam import Adam
         return Adam(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
-    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=name == "fused")
+    if name == "adam_fused":  # the plugin's fairseq optimizer (fairseq Adam's update, fused kernel)
+        from eat_plugin.optim import AdamFused
+        return AdamFused(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
 
 
 class StepBreakdown:
@@ -92,7 +96,7 @@ class StepBreakdown:
         self.device = device
         self.seconds: Dict[str, float] = {}
         self.saved: Dict[str, int] = {}
-        self.peak: Dict[str, float] = {}
+        self.in_use: Dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -109,7 +113,7 @@ class StepBreakdown:
         self._sync()
         self.seconds[name] = time.perf_counter() - start
         self.saved[name] = sum(storages.values())
-        self.peak[name] = peak_memory_gib(self.device)
+        self.in_use[name] = memory_gib(self.device, peak=False)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -158,8 +162,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps, after 2 warm-up steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    parser.add_argument("--optimizer", choices=["adamw", "fused", "fairseq"], default="adamw",
-                        help="torch AdamW (foreach), torch's fused AdamW kernel, or fairseq's Adam")
+    parser.add_argument("--optimizer", choices=["adam_fused", "fairseq", "adamw"], default="adam_fused",
+                        help="the plugin's adam_fused, fairseq's adam (the recipes' default), or torch's AdamW")
     parser.add_argument("--checkpoint-activations", action="store_true",
                         help="model.checkpoint_activations=true (student blocks and decoder layers)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -168,7 +172,7 @@ def main() -> None:
     device = torch.device(args.device)
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     preset = PRESETS[args.preset]
-    base_memory = peak_memory_gib(device) if device.type == "cpu" else 0.0
+    base_memory = memory_gib(device, peak=False) if device.type == "cpu" else 0.0
 
     torch.manual_seed(0)
     model = Data2VecMultiModel(build_config(preset, args.checkpoint_activations)).to(device).train()
@@ -187,14 +191,14 @@ def main() -> None:
           f"{args.checkpoint_activations}, {name}, torch {torch.__version__}")
     median: Callable[[list], float] = lambda values: sorted(values)[len(values) // 2]
     total = median([sum(s.seconds.values()) for s in steps])
-    print(f"  {'stage':10s} {'ms':>9s} {'share':>6s} {'saved for bwd':>14s} {'peak after':>11s}")
+    print(f"  {'stage':10s} {'ms':>9s} {'share':>6s} {'saved for bwd':>14s} {'in use after':>13s}")
     for stage in STAGES:
         seconds = median([s.seconds[stage] for s in steps])
         saved = median([s.saved[stage] for s in steps]) / 2**20
-        peak = max(s.peak[stage] for s in steps) - base_memory
-        print(f"  {stage:10s} {seconds * 1e3:9.1f} {seconds / total:6.1%} {saved:10.0f} MiB {peak:7.2f} GiB")
+        in_use = max(s.in_use[stage] for s in steps) - base_memory
+        print(f"  {stage:10s} {seconds * 1e3:9.1f} {seconds / total:6.1%} {saved:10.0f} MiB {in_use:9.2f} GiB")
     print(f"  {'step':10s} {total * 1e3:9.1f}   (median of {len(steps)}; {args.batch / total:.2f} clips/s)")
-    print(f"  peak memory {max(max(s.peak.values()) for s in steps) - base_memory:.2f} GiB"
+    print(f"  peak memory {memory_gib(device, peak=True) - base_memory:.2f} GiB"
           + (" (RSS high-water mark minus the RSS after the imports)" if device.type == "cpu" else ""))
 
 
