@@ -490,7 +490,7 @@ def snapshot(state):
 def _two_ranks(rank, port, out):
     """One gloo rank: adam and adam_fused (loop) on rank-dependent gradients, average_params, then rank 0's
     optimizer state broadcast as fairseq's trainer broadcasts a checkpoint it alone has read."""
-    from fairseq.distributed.utils import _TensorPlaceholder, broadcast_object
+    from fairseq.distributed.utils import broadcast_object
 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -509,14 +509,14 @@ def _two_ranks(rank, port, out):
             optimizer.average_params()
             results[name] = [snapshot(optimizer.optimizer.state[p]) for p in params]
             if name == "adam_fused":
-                # fairseq's broadcast_object torch.loads (weights_only, torch >= 2.6) its own _TensorPlaceholder,
-                # which nothing allow-lists: any broadcast of tensors fails without this, whatever the optimizer
-                with torch.serialization.safe_globals([_TensorPlaceholder]):
-                    state = broadcast_object(optimizer.state_dict() if rank == 0 else None, src_rank=0, group=None,
-                                             dist_device=torch.device("cpu"))
+                # fairseq's broadcast_object torch.loads (weights_only, torch >= 2.6) its own _TensorPlaceholder:
+                # importing eat_plugin allow-lists it (eat_plugin/checkpoint.py)
+                state = broadcast_object(optimizer.state_dict() if rank == 0 else None, src_rank=0, group=None,
+                                         dist_device=torch.device("cpu"))
                 optimizer.load_state_dict(state)
                 results["broadcast"] = [snapshot(optimizer.optimizer.state[p]) for p in params]
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+        torch.distributed.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         torch.distributed.destroy_process_group()
 
