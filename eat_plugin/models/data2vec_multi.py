@@ -23,7 +23,6 @@ import torch.distributed as dist
 from fairseq.models import BaseFairseqModel, register_model
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from eat_plugin.layout import FREQ_PATCHES, check_target_length
 from eat_plugin.losses import (UncertaintyWeighting, compute_var, cross_entropy, dino_loss, focal_loss, normalized_pixels,
@@ -31,7 +30,7 @@ from eat_plugin.losses import (UncertaintyWeighting, compute_var, cross_entropy,
 from eat_plugin.models.keys import MODALITY, SEMANTIC_HEADS, upgrade_legacy_keys
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
 from eat_plugin.models.state_check import check_state_matches, checkpoint_kind
-from eat_plugin.modules.block import PostLNBlock
+from eat_plugin.modules.block import PostLNBlock, run_layer
 from eat_plugin.modules.decoder import CNNDecoder
 from eat_plugin.modules.ema import EMATeacher, annealed_decay
 from eat_plugin.modules.encoder import AudioEncoder
@@ -81,15 +80,11 @@ def run_blocks(blocks: nn.ModuleList, x: Tensor, layerdrop: float, training: boo
     ``checkpoint``: keep only each block's input and recompute the block in the backward (when training
     with gradients; the recomputation replays the same dropout / drop-path draws).
     """
-    recompute = checkpoint and training and torch.is_grad_enabled()
     layer_results = []
     for i, block in enumerate(blocks):
         if not training or layerdrop == 0 or float(torch.rand(())) > layerdrop:
             draws = None if path_draws is None else path_draws[:, i]  # (R, 2)
-            if recompute:
-                x, target = recompute_in_backward(block, x, path_draws=draws, use_reentrant=False)
-            else:
-                x, target = block(x, path_draws=draws)
+            x, target = run_layer(block, x, checkpoint and training, path_draws=draws)
             layer_results.append(target)
     return x, layer_results
 

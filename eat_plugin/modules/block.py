@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from eat_plugin.modules.attention import Attention
+
+
+def run_layer(layer: nn.Module, x: Tensor, recompute: bool = False, **kwargs):
+    """``layer(x, **kwargs)``; with ``recompute`` (activation checkpointing), while training with gradients,
+    only ``x`` is kept and the layer runs again in the backward, replaying its dropout / drop-path draws."""
+    if recompute and layer.training and torch.is_grad_enabled():
+        return recompute_in_backward(layer, x, use_reentrant=False, **kwargs)
+    return layer(x, **kwargs)
 
 
 class DropPath(nn.Module):

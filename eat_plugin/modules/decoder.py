@@ -12,10 +12,10 @@ per layer). ``checkpoint``: recompute each layer's activations in the backward i
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint as recompute_in_backward
+
+from eat_plugin.modules.block import run_layer
 
 
 class SamePad2d(nn.Module):
@@ -89,10 +89,7 @@ class CNNDecoder(nn.Module):
             )
         x = x.reshape(rows, self.grid_h, self.grid_w, dim).permute(0, 3, 1, 2)  # (R, D, H, W), channels-last
         for block in self.blocks:
-            if self.checkpoint and self.training and torch.is_grad_enabled():
-                out = recompute_in_backward(block, x, use_reentrant=False)  # (R, C, H, W)
-            else:
-                out = block(x)  # (R, C, H, W)
+            out = run_layer(block, x, self.checkpoint)  # (R, C, H, W)
             x = out + x if self.residual and out.size(1) == x.size(1) else out
         x = x.permute(0, 2, 3, 1).reshape(rows, tokens, -1)  # (R, N, C): a view of channels-last memory
         return self.proj(x)  # (R, N, D)

@@ -41,10 +41,8 @@ class EMATeacher:
         self.decay = decay
         self.log_norms = log_norms
         self.logs: Dict[str, Tensor] = {}
-        self.fp32_params: Dict[str, Tensor] = {
-            name: p.detach().float().clone() for name, p in self.model.named_parameters()
-        }
-        self._share_fp32_storage()
+        # fp32 parameters are their own masters (``.float()`` copies only half-precision ones)
+        self.fp32_params: Dict[str, Tensor] = {name: p.detach().float() for name, p in self.model.named_parameters()}
 
     @torch.no_grad()
     def step(self, student: nn.Module) -> None:
