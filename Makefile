@@ -44,9 +44,16 @@ demo: venv
 	$(PY) scripts/score_anomalies.py $(DEMO_DIR)/machines/run/checkpoint_last.pt --data $(DEMO_DIR)/machines/data \
 	  --out $(DEMO_DIR)/machines/anomaly.tsv --scores $(DEMO_DIR)/machines/scores.tsv
 	$(PY) scripts/plot_training.py $(DEMO_DIR)/machines/run --out $(DEMO_DIR)/machines/plots
+	# phase 2 on a fine-tuned encoder: machine-id classifier + transformation head, scored the same way
+	$(TRAIN) --config-dir config/finetuning --config-name machine_sounds_tiny $(USER_DIR) \
+	  task.data=$(CURDIR)/$(DEMO_DIR)/machines/data model.model_path=$(CURDIR)/$(DEMO_DIR)/machines/run/checkpoint_last.pt \
+	  checkpoint.save_dir=$(CURDIR)/$(DEMO_DIR)/machines/finetune hydra.run.dir=$(CURDIR)/$(DEMO_DIR)/machines/finetune
+	$(PY) scripts/score_anomalies.py $(DEMO_DIR)/machines/finetune/checkpoint_last.pt --data $(DEMO_DIR)/machines/data \
+	  --out $(DEMO_DIR)/machines/anomaly_finetuned.tsv
 	@echo "demo: pre-trained $(DEMO_DIR)/pretrain/checkpoint_last.pt, fine-tuned $(DEMO_DIR)/finetune/checkpoint_best.pt"
 	@echo "demo: curves in $(DEMO_DIR)/pretrain/plots and $(DEMO_DIR)/finetune/plots, evaluation in $(DEMO_DIR)/eval"
-	@echo "demo: machine sounds: $(DEMO_DIR)/machines/anomaly.tsv (+ .png), curves in $(DEMO_DIR)/machines/plots"
+	@echo "demo: machine sounds: $(DEMO_DIR)/machines/anomaly.tsv (+ .png), curves in $(DEMO_DIR)/machines/plots;"
+	@echo "demo:   fine-tuned (classifier + transformation head): $(DEMO_DIR)/machines/anomaly_finetuned.tsv (+ .png)"
 	@echo "demo: TensorBoard: .venv/bin/tensorboard --logdir $(DEMO_DIR)"
 
 test: venv

@@ -310,7 +310,10 @@ def test_logs_can_be_summed_unless_the_recipe_says_otherwise(tmp_path):
         # how fairseq's trainer asks (Trainer._aggregate_logging_outputs)
         assert task.__class__.logging_outputs_can_be_summed(criterion) is expected
     assert isinstance(cases[0][0], EATClassificationCriterion)
-    assert cases[0][0].log_keys == ["correct", "_predictions", "_targets"]
+    log_keys = cases[0][0].log_keys
+    assert log_keys[:3] == ["correct", "_predictions", "_targets"]
+    # and the transformation head's logs (model.lambda_transform), when the model returns them
+    assert {"transform_ce", "_transform_correct", "_transform_count"} <= set(log_keys)
 
 
 # ---------------------------------------------------------------------------------------- recipes

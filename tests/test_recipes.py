@@ -31,7 +31,9 @@ PATH_KEYS = {"checkpoint.save_dir"}  # given to every official script on its com
 # derived recipe, its parent, the mark of a difference (each file's header)
 DERIVED = [("pretraining/tiny", "pretraining/base", "tiny:"), ("finetuning/tiny", "finetuning/esc50", "tiny:"),
            ("finetuning/custom", "finetuning/esc50", "custom:"),
-           ("finetuning/custom_tiny", "finetuning/custom", "tiny:")]
+           ("finetuning/custom_tiny", "finetuning/custom", "tiny:"),
+           ("finetuning/machine_sounds", "finetuning/custom", "machine sounds:"),
+           ("finetuning/machine_sounds_tiny", "finetuning/custom_tiny", "machine sounds:")]
 # what a recipe leaves to the command line, for composing it
 REQUIRED = {"pretraining": ["task.data=data", "checkpoint.save_dir=out", "common.user_dir=plugin"]}
 REQUIRED["finetuning"] = [*REQUIRED["pretraining"], "model.model_path=m.pt"]

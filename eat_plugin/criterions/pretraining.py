@@ -82,11 +82,17 @@ class EATPretrainingCriterion(ModelCriterion):
             if any(f"_{key}" in log for log in logging_outputs) and sample_size > 0:
                 metrics.log_scalar(key, sum(log.get(f"_{key}", 0) for log in logging_outputs) / sample_size,
                                    sample_size, round=3)
-        for term in SEMANTIC_TERMS:
-            count = sum(log.get(f"_{term}_count", 0) for log in logging_outputs)
-            if count > 0:
-                correct = sum(log.get(f"_{term}_correct", 0) for log in logging_outputs)
-                metrics.log_scalar(f"{term}_accuracy", 100.0 * float(correct) / float(count), count, round=2)
+        log_semantic_accuracies(logging_outputs)
+
+
+def log_semantic_accuracies(logging_outputs) -> None:
+    """``{head}_accuracy`` (percent) of each semantic head from its logged ``_{head}_correct`` / ``_{head}_count``
+    (both criteria: pre-training with the heads, fine-tuning with the transformation head)."""
+    for term in SEMANTIC_TERMS:
+        count = sum(log.get(f"_{term}_count", 0) for log in logging_outputs)
+        if count > 0:
+            correct = sum(log.get(f"_{term}_correct", 0) for log in logging_outputs)
+            metrics.log_scalar(f"{term}_accuracy", 100.0 * float(correct) / float(count), count, round=2)
 
 
 def check_variances(logging_output: dict, min_target_var: float, min_pred_var: float, num_updates: int) -> None:

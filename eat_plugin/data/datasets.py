@@ -412,13 +412,15 @@ class MachineSoundDataset(LabelledFbankDataset):
     parameters from ``(seed, epoch, index)`` alone; without, every clip is ``identity`` (id 0).
 
     ``net_input`` carries ``machine_id`` and ``transformation_id``, both ``(B,)`` int64, besides the fbank
-    (``key``, default ``"source"``) and the clip ids.
+    (``key``, default ``"source"``) and the clip ids; with ``label_vectors`` (fine-tuning) the machine id
+    comes as the classifier's one-hot ``label`` ``(B, C)`` instead of ``machine_id``.
     """
 
     def __init__(self, manifest_path: PathLike, labels_path: PathLike, descriptors: LabelDescriptors,
-                 transforms: bool = True, key: str = "source", **kwargs):
+                 transforms: bool = True, key: str = "source", label_vectors: bool = False, **kwargs):
         super().__init__(manifest_path, labels_path, descriptors, multi_label=False, key=key, **kwargs)
         self.transforms = transforms
+        self.label_vectors = label_vectors
 
     def machine_id(self, index: int) -> int:
         return int(self.labels[index][0])
@@ -437,15 +439,16 @@ class MachineSoundDataset(LabelledFbankDataset):
         return apply_transform(wave_16k, draw_transform(rng), rng)  # (S16,)
 
     def __getitem__(self, index: int) -> Optional[Dict]:
-        item = FbankDataset.__getitem__(self, index)
+        item = super().__getitem__(index) if self.label_vectors else FbankDataset.__getitem__(self, index)
         if item is not None:
             item.update(machine_id=self.machine_id(index), transformation_id=self.transformation_id(index))
         return item
 
     def collater(self, samples: Sequence[Optional[Dict]]) -> Dict:
         samples = [s for s in samples if s is not None]
-        batch = FbankDataset.collater(self, samples)
-        if batch:
+        batch = super().collater(samples) if self.label_vectors else FbankDataset.collater(self, samples)
+        if batch and not self.label_vectors:
             batch["net_input"]["machine_id"] = torch.LongTensor([s["machine_id"] for s in samples])  # (B,)
+        if batch:
             batch["net_input"]["transformation_id"] = torch.LongTensor([s["transformation_id"] for s in samples])  # (B,)
         return batch

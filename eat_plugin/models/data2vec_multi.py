@@ -25,8 +25,8 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
 
 from eat_plugin.layout import FREQ_PATCHES, check_target_length
-from eat_plugin.losses import (UncertaintyWeighting, compute_var, cross_entropy, dino_loss, focal_loss, normalized_pixels,
-                               regression_loss, teacher_targets)
+from eat_plugin.losses import (UncertaintyWeighting, compute_var, dino_loss, normalized_pixels, regression_loss,
+                               teacher_targets)
 from eat_plugin.models.keys import MODALITY, SEMANTIC_HEADS, upgrade_legacy_keys
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
 from eat_plugin.models.state_check import check_state_matches, checkpoint_kind
@@ -34,7 +34,7 @@ from eat_plugin.modules.block import PostLNBlock, run_layer
 from eat_plugin.modules.decoder import CNNDecoder
 from eat_plugin.modules.ema import EMATeacher, annealed_decay
 from eat_plugin.modules.encoder import AudioEncoder
-from eat_plugin.modules.semantic_heads import SemanticHeads
+from eat_plugin.modules.semantic_heads import SemanticHeads, head_loss
 from eat_plugin.masking import MaskInfo, compute_block_mask_2d, make_mask_info, num_visible_patches
 from eat_plugin.seeding import NOISE_STREAM, keyed_generator
 from eat_plugin.semantic_tasks import NUM_TRANSFORMS
@@ -420,11 +420,9 @@ class Data2VecMultiModel(BaseFairseqModel):
                 logits = heads.machine_logits(patches)  # (B, K)
             else:
                 logits = heads.transform_logits(patches, cfg.transform_head_per_patch)  # (B[*N], 6)
-                labels = labels.repeat_interleave(logits.size(0) // labels.size(0))  # (B[*N],)
             smoothing = cfg.semantic_label_smoothing if self.training else 0.0
-            ce = cross_entropy(logits, labels, smoothing)  # (B[*N],)
-            loss = (focal_loss(logits, labels, cfg.semantic_focal_gamma, None, smoothing)
-                    if cfg.semantic_focal_gamma > 0 else ce)  # (B[*N],)
+            loss, logs = head_loss(name, logits, labels, smoothing, cfg.semantic_focal_gamma)  # (B[*N],)
+            result.update(logs)
             weighting = getattr(heads, "weighting", None)
             if weighting is None:
                 result["losses"][name] = loss.mean() * (weight * scale)
@@ -432,10 +430,6 @@ class Data2VecMultiModel(BaseFairseqModel):
                 log_var = weighting.log_vars[weighting.names.index(name)]
                 result["losses"][name] = (torch.exp(-log_var) * loss.mean() + log_var) * scale
                 result[f"{name}_weight"] = torch.exp(-log_var).detach()
-            with torch.no_grad():
-                result[f"{name}_ce"] = ce.mean()
-                result[f"_{name}_correct"] = (logits.argmax(-1) == labels).sum()
-                result[f"_{name}_count"] = labels.numel()
 
     def _cls_scale(self, sample_size: int) -> int:
         """The CLS loss multiplier: the local masked-patch count (official), or it times the world size."""

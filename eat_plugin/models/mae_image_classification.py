@@ -6,6 +6,13 @@ checkpoint rebuilds its backbone without the pre-training file.
 
 Step: mixup -> SpecAugment -> backbone -> pool (CLS / mean / lin-softmax) -> fc_norm -> head -> loss.
 
+Machine sounds (design note 003, phase 2 on a fine-tuned encoder; plugin fields): with
+``lambda_transform > 0`` the note's transformation head (``modules.semantic_heads``) classifies which of
+the six transformations each clip got, from the mean of its patch tokens (or every patch), and adds
+``lambda_transform x CE`` per clip to the classifier's loss; the ``machine_sounds_classification`` task
+gives the labels (the machine ids) and the transformation ids. The head starts from the pre-training
+checkpoint's transformation head when it has one.
+
 Split-invariant randomness: given the clips' ids (the datasets' ``net_input["id"]``), each clip's
 SpecAugment masks and stochastic-depth decisions are drawn from its own stream, keyed by the clip id and
 one number drawn from the global RNG per step (fairseq reseeds that RNG from ``common.seed`` + update on
@@ -29,11 +36,14 @@ from torch import Tensor, nn
 from eat_plugin.layout import NUM_MEL_BINS, check_target_length
 from eat_plugin.losses import (CLASS_WEIGHT_KINDS, binary_cross_entropy, binary_focal_loss, cross_entropy, focal_loss,
                                label_vectors, soft_target_cross_entropy)
-from eat_plugin.models.data2vec_multi import Data2VecMultiModel, no_weight_decay, student_encoder
+from eat_plugin.models.data2vec_multi import no_weight_decay, student_encoder
+from eat_plugin.models.keys import SEMANTIC_HEADS
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig, config_from_dict
 from eat_plugin.models.state_check import check_state_matches
 from eat_plugin.modules.batch_augment import MIXUP_PAIRS, SPEC_AUGMENT_DRAWS, BatchMixup, spec_augment
+from eat_plugin.modules.semantic_heads import SemanticHeads, head_loss
 from eat_plugin.seeding import AUGMENT_STREAM, keyed_generator
+from eat_plugin.semantic_tasks import NUM_TRANSFORMS
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +123,20 @@ class MaeImageClassificationConfig(FairseqDataclass):
         metadata={"help": "BCE (true) or cross-entropy (false) loss; null: the official rule (multi-label when "
                           "audio_mae and not esc50_eval / spcv2_eval). The task sets it from task.label_type"},
     )
+    # machine-sound transformation head (design note 003; off unless lambda_transform > 0)
+    lambda_transform: float = field(
+        default=0.0, metadata={"help": "> 0: note 003's transformation head beside the classifier, its CE weighted by "
+                                       "this (per clip, against the classifier's loss per clip); needs the "
+                                       "machine_sounds_classification task's transformation ids"})
+    transform_head_per_patch: bool = field(
+        default=False, metadata={"help": "classify the transformation per patch (label repeated over patches)"})
+    semantic_head_dropout: float = field(default=0.3, metadata={"help": "dropout inside the transformation head"})
+    semantic_label_smoothing: float = field(
+        default=0.0, metadata={"help": "label smoothing of the transformation head's CE"})
+    semantic_lr_scale: float = field(
+        default=1.0, metadata={"help": "learning rate of the transformation head relative to the rest"})
+    semantic_focal_gamma: float = field(
+        default=0.0, metadata={"help": "> 0: the transformation head's loss is the focal loss with this gamma; 0: CE"})
 
 
 def check_loss_options(cfg: MaeImageClassificationConfig) -> None:
@@ -130,6 +154,19 @@ def check_loss_options(cfg: MaeImageClassificationConfig) -> None:
                         "per clip, mixup gives mixed targets; set model.mixup=0 or model.focal_gamma=0")
     if cfg.class_weights != "none" and not is_single_label(cfg):
         problems.append("model.class_weights is for single-label data (multi-label BCE weighs every class anyway)")
+    if cfg.lambda_transform < 0:
+        problems.append(f"model.lambda_transform={cfg.lambda_transform}: expected >= 0 (0: no transformation head)")
+    if cfg.lambda_transform > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
+        problems.append("model.lambda_transform > 0 with mixup / cutmix: a mixed clip has two transformations; set "
+                        "model.mixup=0 and model.cutmix=0, or model.lambda_transform=0")
+    if not 0 <= cfg.semantic_head_dropout < 1:
+        problems.append(f"model.semantic_head_dropout={cfg.semantic_head_dropout}: expected a probability in [0, 1)")
+    if not 0 <= cfg.semantic_label_smoothing < 1:
+        problems.append(f"model.semantic_label_smoothing={cfg.semantic_label_smoothing}: expected a smoothing in [0, 1)")
+    if not cfg.semantic_lr_scale > 0:
+        problems.append(f"model.semantic_lr_scale={cfg.semantic_lr_scale}: expected a learning-rate scale > 0")
+    if cfg.semantic_focal_gamma < 0:
+        problems.append(f"model.semantic_focal_gamma={cfg.semantic_focal_gamma}: expected >= 0 (0: cross-entropy)")
     if problems:
         raise ValueError("invalid loss options:\n  " + "\n  ".join(problems))
 
@@ -145,12 +182,17 @@ class MaeImageClassificationModel(BaseFairseqModel):
                 f"mae_image_classification task from label_descriptors.csv)"
             )
         self.cfg = cfg
-        self.model = build_backbone(cfg)  # official attribute name: checkpoint keys are `model.*`
+        check_loss_options(cfg)
+        args, state = pretrained_args(cfg)
+        weights = state["model"] if state is not None and not cfg.no_pretrained_weights else None
+        # official attribute name: checkpoint keys are `model.*`
+        self.model = student_encoder(backbone_config(cfg, args), weights)
         dim = self.model.cfg.embed_dim
         self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if cfg.use_fc_norm else None
         self.head = nn.Linear(dim, cfg.num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        self.semantic_heads = self._make_transform_head(dim, weights)
         self.mixup = (BatchMixup(cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.mixup_mode,
                                  cfg.mixup_pairs)
                       if cfg.mixup > 0 or cfg.cutmix > 0 else None)
@@ -158,7 +200,6 @@ class MaeImageClassificationModel(BaseFairseqModel):
         self.timem = cfg.target_length * cfg.mask_ratio if cfg.mask_ratio else cfg.timem
         self.prediction_mode = _prediction_mode(cfg.prediction_mode)
         self.single_label = is_single_label(cfg)
-        check_loss_options(cfg)
         self.register_buffer("class_weight", None, persistent=False)  # (C,) set by the task (class_weights)
         if cfg.linear_classifier:
             self.model.requires_grad_(False)
@@ -167,6 +208,24 @@ class MaeImageClassificationModel(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg: MaeImageClassificationConfig, task=None) -> "MaeImageClassificationModel":
         return cls(cfg)
+
+    def _make_transform_head(self, dim: int, weights: Optional[Mapping[str, Tensor]]) -> Optional[SemanticHeads]:
+        """Note 003's transformation head (``lambda_transform > 0``): the pre-training checkpoint's own
+        (``semantic_heads.transform.*``) when it has one of this size, else a fresh one (logged)."""
+        if self.cfg.lambda_transform <= 0:
+            return None
+        heads = SemanticHeads(dim, 0, NUM_TRANSFORMS, self.cfg.semantic_head_dropout)
+        prefix = SEMANTIC_HEADS + "transform."
+        stored = {k[len(prefix):]: v for k, v in (weights or {}).items() if k.startswith(prefix)}
+        fresh = heads.transform.state_dict()
+        if stored and {k: tuple(v.shape) for k, v in stored.items()} == {k: tuple(v.shape) for k, v in fresh.items()}:
+            heads.transform.load_state_dict(stored)
+            logger.info("transformation head: from the pre-training checkpoint's")
+        elif stored:
+            logger.warning("transformation head: the pre-training checkpoint's has other sizes; starting fresh")
+        else:
+            logger.info("transformation head: fresh (the pre-training checkpoint has none)")
+        return heads
 
     def _set_optim_overrides(self) -> None:
         """Layer-wise lr decay over the blocks; no weight decay for 1-D / bias / fc_norm / head bias."""
@@ -186,6 +245,10 @@ class MaeImageClassificationModel(BaseFairseqModel):
                         param.optim_overrides = {"optimizer": {"lr_scale": scale}}
         for param in [*(self.fc_norm.parameters() if self.fc_norm is not None else []), self.head.bias]:
             param.optim_overrides = no_weight_decay()
+        if self.semantic_heads is not None:
+            for name, param in self.semantic_heads.named_parameters():
+                param.optim_overrides = {"optimizer": {
+                    "lr_scale": self.cfg.semantic_lr_scale, **({"weight_decay_scale": 0} if param.ndim == 1 else {})}}
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """fairseq's load, after one clear check that the weights are this model's (kind and size)."""
@@ -203,23 +266,36 @@ class MaeImageClassificationModel(BaseFairseqModel):
 
     def pooled_features(self, imgs: Tensor, path_draws: Optional[Tensor] = None) -> Tensor:
         """``(B, 1, T, 128)`` -> pooled backbone features ``(B, D)``; ``path_draws`` ``(B, depth, 2)``."""
-        keep_cls = self.prediction_mode == PredictionMode.CLS_TOKEN
+        return self._pool(self._tokens(imgs, path_draws))
+
+    def _tokens(self, imgs: Tensor, path_draws: Optional[Tensor] = None) -> Tensor:
+        """``(B, 1, T, 128)`` -> the backbone's output tokens ``(B, E + N, D)`` (extra tokens first)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.linear_classifier):
-            x = self.model.extract_features(imgs, mask=False, remove_extra_tokens=not keep_cls,
-                                            path_draws=path_draws)["x"]  # (B, [1+]N, D)
+            return self.model.extract_features(imgs, mask=False, remove_extra_tokens=False,
+                                               path_draws=path_draws)["x"]  # (B, E + N, D)
+
+    def _patches(self, tokens: Tensor) -> Tensor:
+        """``(B, E + N, D)`` -> the patch tokens ``(B, N, D)``."""
+        return tokens[:, next(iter(self.model.modality_encoders.values())).num_extra_tokens:]  # (B, N, D)
+
+    def _pool(self, tokens: Tensor) -> Tensor:
+        """``(B, E + N, D)`` -> ``(B, D)``: the CLS token, or the patches' mean / linear-softmax pooling."""
         if self.prediction_mode == PredictionMode.CLS_TOKEN:
-            return x[:, 0]  # (B, D)
+            return tokens[:, 0]  # (B, D)
+        patches = self._patches(tokens)  # (B, N, D)
         if self.prediction_mode == PredictionMode.MEAN_POOLING:
-            return x.mean(dim=1)  # (B, D)
-        return _linear_softmax_pool(x)  # (B, D)
+            return patches.mean(dim=1)  # (B, D)
+        return _linear_softmax_pool(patches)  # (B, D)
 
     # ------------------------------------------------------------------ step
-    def forward(self, imgs: Tensor, label: Optional[Tensor] = None, id: Optional[Tensor] = None):
+    def forward(self, imgs: Tensor, label: Optional[Tensor] = None, id: Optional[Tensor] = None,
+                transformation_id: Optional[Tensor] = None):
         """Logits ``(B, C)`` without labels; with labels, the loss dict fairseq's criterion reads.
 
         ``label``: class indices ``(B,)`` or label vectors ``(B, C)`` (the datasets give multi-hot vectors).
         ``id``: the clips' dataset indices ``(B,)`` (the datasets' ``net_input["id"]``): with them the
         per-clip draws are keyed by clip (module docstring); without them they come from the global RNG.
+        ``transformation_id``: ``(B,)`` labels of the transformation head (``lambda_transform > 0``).
         """
         labels = label
         spec_draws, path_draws = self._clip_draws(id, imgs) if self.training and id is not None else (None, None)
@@ -227,13 +303,31 @@ class MaeImageClassificationModel(BaseFairseqModel):
             imgs, labels = self.mixup(imgs, label_vectors(labels, self.cfg.num_classes))
         if self.training and self.cfg.specaug:
             imgs = spec_augment(imgs, self.freqm, self.timem, spec_draws)
-        x = self.pooled_features(imgs, path_draws)  # (B, D)
+        tokens = self._tokens(imgs, path_draws)  # (B, E + N, D)
+        x = self._pool(tokens)  # (B, D)
         if self.fc_norm is not None:
             x = self.fc_norm(x)
         logits = self.head(x)  # (B, C)
         if labels is None:
             return logits
-        return self._loss(torch.nan_to_num(logits), labels)
+        result = self._loss(torch.nan_to_num(logits), labels)
+        if self.semantic_heads is not None:
+            self._add_transform_term(result, self._patches(tokens), transformation_id)
+        return result
+
+    def _add_transform_term(self, result: Dict[str, Any], patches: Tensor, transformation_id: Optional[Tensor]) -> None:
+        """``lambda_transform x`` the transformation head's loss per clip into ``result["losses"]`` (fairseq
+        divides the sum by the clip count, as the classifier's), with its CE and accuracy logs.
+        ``patches``: ``(B, N, D)``."""
+        if transformation_id is None:
+            raise ValueError("model.lambda_transform > 0 needs the clips' transformation ids in net_input (the "
+                             "machine_sounds_classification task provides them)")
+        cfg = self.cfg
+        logits = self.semantic_heads.transform_logits(patches, cfg.transform_head_per_patch)  # (B[*N], 6)
+        smoothing = cfg.semantic_label_smoothing if self.training else 0.0
+        loss, logs = head_loss("transform", logits, transformation_id, smoothing, cfg.semantic_focal_gamma)  # (B[*N],)
+        result["losses"]["transform"] = loss.view(patches.size(0), -1).mean(dim=1) * cfg.lambda_transform  # (B,)
+        result.update(logs)
 
     def _clip_draws(self, clip_ids, imgs: Tensor):
         """Per-clip U[0, 1) draws: SpecAugment ``(B, 4)`` and stochastic depth ``(B, depth, 2)``, on the device."""
@@ -372,13 +466,6 @@ def backbone_config(cfg: MaeImageClassificationConfig, args) -> Data2VecMultiCon
     if cfg.remove_alibi:
         image["use_alibi_encoder"] = False
     return config_from_dict(model_args)
-
-
-def build_backbone(cfg: MaeImageClassificationConfig) -> Data2VecMultiModel:
-    """Build the pre-trained backbone, load its weights strictly (first build), drop pre-training parts."""
-    args, state = pretrained_args(cfg)
-    weights = state["model"] if state is not None and not cfg.no_pretrained_weights else None
-    return student_encoder(backbone_config(cfg, args), weights)
 
 
 def classifier_config(model_cfg: Mapping[str, Any]) -> MaeImageClassificationConfig:

@@ -12,4 +12,5 @@ from eat_plugin.tasks.classification import (  # noqa: F401
     MaeImageClassificationConfig,
     MaeImageClassificationTask,
 )
-from eat_plugin.tasks.machine_sounds import MachineSoundsConfig, MachineSoundsTask  # noqa: F401,E402
+from eat_plugin.tasks.machine_sounds import (  # noqa: F401,E402
+    MachineSoundsClassificationConfig, MachineSoundsClassificationTask, MachineSoundsConfig, MachineSoundsTask)

@@ -9,6 +9,11 @@ machine id and the transformation besides the SSL losses (``model.lambda_machine
 
 The machine-id head is sized ``max(model.num_machine_ids, largest machine id in the training split + 1)``;
 the size is logged. Everything else (masks, front end, sampling) is ``mae_image_pretraining``'s.
+
+``machine_sounds_classification`` is the fine-tuning side (note 003's phase 2 on a fine-tuned encoder):
+``mae_image_classification`` on the same data directory, single-label, the classifier's classes are the
+machine ids (class index == id), and each train / valid clip gets one of the six transformations with its
+``transformation_id`` in ``net_input`` for the model's transformation head (``model.lambda_transform``).
 """
 
 import logging
@@ -20,6 +25,7 @@ from omegaconf import open_dict
 
 from eat_plugin.data.datasets import MachineSoundDataset
 from eat_plugin.data.manifest import read_label_descriptors, read_labels, read_manifest
+from eat_plugin.tasks.classification import MaeImageClassificationConfig, MaeImageClassificationTask
 from eat_plugin.tasks.pretraining import MaeImagePretrainingConfig, MaeImagePretrainingTask
 
 logger = logging.getLogger(__name__)
@@ -67,3 +73,34 @@ class MachineSoundsTask(MaeImagePretrainingTask):
             logger.info(f"machine-id head: {cfg.num_machine_ids} outputs (largest machine id in "
                         f"{self.cfg.train_subset} + 1 = {needed})")
         return super().build_model(cfg, from_checkpoint)
+
+
+@dataclass
+class MachineSoundsClassificationConfig(MaeImageClassificationConfig):
+    transforms: bool = field(
+        default=True, metadata={"help": "give each train / valid clip one of the six transformations of the "
+                                        "transform task (test splits never)"})
+    label_type: str = field(
+        default="single", metadata={"help": "single (one machine id per clip); auto reads summary.json"})
+
+
+@register_task("machine_sounds_classification", dataclass=MachineSoundsClassificationConfig)
+class MachineSoundsClassificationTask(MaeImageClassificationTask):
+    """Fine-tuning on the machine ids (the classifier) + the transformation ids (``model.lambda_transform``)."""
+
+    cfg: MachineSoundsClassificationConfig
+
+    def __init__(self, cfg: MachineSoundsClassificationConfig):
+        super().__init__(cfg)
+        if self.multi_label:
+            raise ValueError(f"task.label_type={cfg.label_type!r} makes {cfg.data} multi-label; the machine ids are "
+                             f"one label per clip (task.label_type=single)")
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> MachineSoundDataset:
+        transforms = self.cfg.transforms and not split.startswith("test")
+        self.datasets[split] = dataset = MachineSoundDataset(
+            labels_path=Path(self.cfg.data) / f"{split}.{self.cfg.labels}", descriptors=self.label_descriptors,
+            transforms=transforms, label_vectors=True, **self.dataset_kwargs(split))
+        logger.info(f"{split}: {len(dataset)} clips from {dataset.manifest.path}, {self.num_classes} machine-id "
+                    f"classes, {dataset.front_end}, transformations {'on' if transforms else 'off'}")
+        return dataset

@@ -160,11 +160,13 @@ def check_run_options(run: Any) -> None:
 
 def classification_losses(model, logging_output: Dict[str, Any], sample_size) -> Dict[str, Tuple[float, int]]:
     """``{name: (mean cross-entropy, classes)}`` of the model's classification heads in a logging output:
-    a single-label classifier's loss, and the semantic heads' plain CEs."""
+    a single-label classifier's loss (its own term when the transformation head adds one), and the semantic
+    heads' plain CEs."""
     heads = {}
     cfg = getattr(model, "cfg", None)
     if getattr(model, "single_label", False) and sample_size:
-        heads["loss"] = (float(logging_output["loss"]) / float(sample_size), int(cfg.num_classes))
+        classifier = logging_output.get("loss_regression", logging_output["loss"])  # (sum over the clips)
+        heads["loss"] = (float(classifier) / float(sample_size), int(cfg.num_classes))
     semantic = getattr(model, "semantic_heads", None)
     for name in ("machine_id", "transform"):
         head = getattr(semantic, name, None) if semantic is not None else None
@@ -184,7 +186,7 @@ def first_update_report(model, logging_output: Dict[str, Any], sample_size) -> N
             logger.info(f"first update: {name} {value:.3f}, chance ln {classes} = {chance_loss(classes):.3f}")
     missing = parameters_without_grad(model)
     semantic_phase_one = (getattr(model, "semantic_heads", None) is not None
-                          and model.num_updates < model.cfg.semantic_start_update)
+                          and getattr(model, "num_updates", 0) < getattr(model.cfg, "semantic_start_update", 0))
     if semantic_phase_one:  # the heads' terms are 0 until semantic_start_update: no gradient is expected
         missing = [name for name in missing if not name.startswith("semantic_heads.")]
     if missing:

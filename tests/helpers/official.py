@@ -34,11 +34,14 @@ CLASSIFICATION_TASK = "task:mae_image_classification"
 SEMANTIC_HEAD_FIELDS = ("num_machine_ids", "lambda_machine_id", "lambda_transform", "semantic_start_update",
                         "semantic_head_dropout", "semantic_label_smoothing", "semantic_lr_scale",
                         "transform_head_per_patch", "semantic_focal_gamma", "semantic_weighting")  # the machine-sound heads (design note 003)
+CLASSIFIER_TRANSFORM_HEAD_FIELDS = ("lambda_transform", "transform_head_per_patch", "semantic_head_dropout",
+                                    "semantic_label_smoothing", "semantic_lr_scale", "semantic_focal_gamma")
 PLUGIN_FIELDS = {
     f"{PRETRAINING_MODEL}.cls_loss_scale", *(f"{PRETRAINING_MODEL}.{name}" for name in SEMANTIC_HEAD_FIELDS),
     f"{PRETRAINING_MODEL}.checkpoint_activations", f"{CLASSIFIER_MODEL}.checkpoint_activations",
     f"{CLASSIFIER_MODEL}.multi_label", f"{CLASSIFIER_MODEL}.mixup_pairs", f"{CLASSIFIER_MODEL}.focal_gamma",
     f"{CLASSIFIER_MODEL}.focal_alpha", f"{CLASSIFIER_MODEL}.class_weights",
+    *(f"{CLASSIFIER_MODEL}.{name}" for name in CLASSIFIER_TRANSFORM_HEAD_FIELDS),
     f"{PRETRAINING_TASK}.min_sample_size", f"{PRETRAINING_TASK}.norm_mean",
     f"{PRETRAINING_TASK}.norm_std", f"{PRETRAINING_TASK}.skip_bad_clips",
     f"{CLASSIFICATION_TASK}.min_sample_size", f"{CLASSIFICATION_TASK}.norm_mean",

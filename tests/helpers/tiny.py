@@ -60,10 +60,11 @@ def tiny_pretraining_model(seed: int = 0, **overrides):
     return Data2VecMultiModel(tiny_pretraining_config(**overrides))
 
 
-def save_pretrained(path: Path, seed: int = 0):
-    """A fairseq-format pre-training checkpoint of the tiny model: ``{cfg, model (+ _ema), ...}``; the model."""
-    model_cfg = tiny_pretraining_config()
-    model = tiny_pretraining_model(seed)
+def save_pretrained(path: Path, seed: int = 0, **overrides):
+    """A fairseq-format pre-training checkpoint of the tiny model (``overrides`` as in
+    :func:`tiny_pretraining_config`): ``{cfg, model (+ _ema), ...}``; the model."""
+    model_cfg = tiny_pretraining_config(**overrides)
+    model = tiny_pretraining_model(seed, **overrides)
     cfg = {"model": {**OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True), "_name": "data2vec_multi"},
            "task": {"_name": "mae_image_pretraining", "audio_mae": True}, "criterion": {"_name": "model"},
            "lr_scheduler": {"_name": "pass_through"}}
