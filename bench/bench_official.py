@@ -415,19 +415,21 @@ class PluginSide(Side):
 
     name = "plugin"
 
-    def __init__(self, user_dir: Path, checkpoint_activations: bool = False):
+    def __init__(self, user_dir: Path, checkpoint_activations: bool = False, torch_compile: bool = False):
         super().__init__(user_dir)
-        self.checkpoint_activations = checkpoint_activations
+        self.options = {name: True for name, on in (("checkpoint_activations", checkpoint_activations),
+                                                    ("torch_compile", torch_compile)) if on}
 
     def model_section(self, section, name):
-        """``--checkpoint-activations``: the plugin's memory-saving option (the official code has none)."""
-        if not self.checkpoint_activations:
+        """``--checkpoint-activations`` (the plugin's memory-saving option) and ``--compile`` (its
+        ``torch_compile``); the official code has neither."""
+        if not self.options:
             return section
         section = copy.deepcopy(section)
-        section["checkpoint_activations"] = True
+        section.update(self.options)
         args = section.get("pretrained_model_args")
         if args is not None:
-            args["model"]["checkpoint_activations"] = True
+            args["model"].update(self.options)
         return section
 
     def eager_attention(self):
@@ -796,7 +798,7 @@ def worker_main(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    side: Side = (PluginSide(PLUGIN_DIR, args.checkpoint_activations) if args.worker == "plugin"
+    side: Side = (PluginSide(PLUGIN_DIR, args.checkpoint_activations, args.compile) if args.worker == "plugin"
                   else OfficialSide(Path(args.official_copy)))
     side.import_user_dir()
     import fairseq
@@ -826,6 +828,7 @@ class Runner:
                    "--threads", str(a.threads), "--steps", str(a.steps), "--warmup", str(a.warmup),
                    "--optimizer", a.optimizer, "--preset", a.preset, "--batch", str(a.batch),
                    "--workloads", ",".join(a.workloads)] + (["--checkpoint-activations"] if a.checkpoint_activations else [])
+        command += ["--compile"] if a.compile else []
         if side == "official":
             command += ["--official-copy", str(self.official_copy)]
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
@@ -977,7 +980,7 @@ def print_frontend_demand(derived: Dict[str, Any]) -> None:
 
 def print_environment(sample: Dict[str, Any], args: argparse.Namespace, load_before: float) -> None:
     print(f"{sample.get('machine', '?')} ({args.device}), {args.threads} threads, torch {sample.get('torch')}, "
-          f"fairseq {sample.get('fairseq')}, {args.dtype}, optimizer {args.optimizer}, checkpoint_activations (plugin) {args.checkpoint_activations}, {args.steps} steps after "
+          f"fairseq {sample.get('fairseq')}, {args.dtype}, optimizer {args.optimizer}, checkpoint_activations (plugin) {args.checkpoint_activations}, torch_compile (plugin) {args.compile}, {args.steps} steps after "
           f"{args.warmup} warm-up(s); GEMM peak ({sample.get('gemm')}): "
           f"{sample.get('gemm_flops_per_s', float('nan')) / 1e9:.1f} GFLOP/s")
     print(f"peak memory: {sample.get('peak_definition')}")
@@ -1045,6 +1048,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "official code, the plugin's adam_fused (the same update, fused kernel) for the plugin")
     parser.add_argument("--checkpoint-activations", action="store_true",
                         help="the plugin with model.checkpoint_activations=true (its memory-saving option)")
+    parser.add_argument("--compile", action="store_true",
+                        help="the plugin with model.torch_compile=true (compiled in the warm-up steps; use --warmup 3)")
     parser.add_argument("--json", help="write all raw measurements here")
     parser.add_argument("--worker", choices=["plugin", "official"], help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)

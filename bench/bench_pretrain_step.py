@@ -51,7 +51,7 @@ PRESETS = {
 STAGES = ("front end", "EMA", "embed", "student", "decoder", "teacher", "losses", "backward", "optimizer")
 
 
-def build_config(preset: dict, checkpoint_activations: bool = False):
+def build_config(preset: dict, checkpoint_activations: bool = False, torch_compile: bool = False):
     """The base recipe's model section (config/pretraining/base.yaml) at the preset's size."""
     cfg = OmegaConf.structured(Data2VecMultiConfig)
     return OmegaConf.merge(cfg, {
@@ -60,7 +60,7 @@ def build_config(preset: dict, checkpoint_activations: bool = False):
         "ema_decay": 0.9998, "ema_end_decay": 0.99999, "ema_anneal_end_step": 100000, "max_update": 400000,
         "seed": 1, "instance_norm_target_layer": True, "layer_norm_targets": True, "ema_encoder_only": False,
         "encoder_dropout": 0.0, "post_mlp_drop": 0.0, "attention_dropout": 0.0, "supported_modality": "IMAGE",
-        "checkpoint_activations": checkpoint_activations,
+        "checkpoint_activations": checkpoint_activations, "torch_compile": torch_compile,
         "modalities": {"image": {
             "in_chans": 1, "embed_dim": preset["embed_dim"], "target_length": preset["target_length"],
             "inverse_mask": True, "mask_prob": 0.8, "mask_prob_adjust": 0.07, "mask_length": 5,
@@ -166,6 +166,8 @@ def main() -> None:
                         help="the plugin's adam_fused, fairseq's adam (the recipes' default), or torch's AdamW")
     parser.add_argument("--checkpoint-activations", action="store_true",
                         help="model.checkpoint_activations=true (student blocks and decoder layers)")
+    parser.add_argument("--compile", action="store_true",
+                        help="model.torch_compile=true (every block and decoder layer; the warm-up steps compile)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -175,7 +177,7 @@ def main() -> None:
     base_memory = memory_gib(device, peak=False) if device.type == "cpu" else 0.0
 
     torch.manual_seed(0)
-    model = Data2VecMultiModel(build_config(preset, args.checkpoint_activations)).to(device).train()
+    model = Data2VecMultiModel(build_config(preset, args.checkpoint_activations, args.compile)).to(device).train()
     optimizer = make_optimizer(args.optimizer, [p for p in model.parameters() if p.requires_grad], device)
     frames, grid = preset["target_length"], (preset["target_length"] // 16, 8)
     waves = 0.1 * torch.randn(args.batch, 160 * frames + 240)  # clips of exactly `frames` fbank frames
@@ -188,7 +190,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"{args.preset}: {params:.1f} M parameters, {args.batch} clip(s) x {preset['clone_batch']} clones, "
           f"T={frames}, {args.dtype}, optimizer {args.optimizer}, checkpoint_activations="
-          f"{args.checkpoint_activations}, {name}, torch {torch.__version__}")
+          f"{args.checkpoint_activations}, torch_compile={args.compile}, {name}, torch {torch.__version__}")
     median: Callable[[list], float] = lambda values: sorted(values)[len(values) // 2]
     total = median([sum(s.seconds.values()) for s in steps])
     print(f"  {'stage':10s} {'ms':>9s} {'share':>6s} {'saved for bwd':>14s} {'in use after':>13s}")

@@ -129,6 +129,8 @@ class Data2VecMultiModel(BaseFairseqModel):
         self.teacher: Optional[EMATeacher] = None
         if not (cfg.skip_ema or skip_ema):
             self.teacher = EMATeacher(self._teacher_network(), cfg.ema_decay, log_norms=cfg.log_norms)
+        if cfg.torch_compile:
+            self._compile_layers()
 
     @classmethod
     def build_model(cls, cfg: Data2VecMultiConfig, task=None) -> "Data2VecMultiModel":
@@ -168,6 +170,17 @@ class Data2VecMultiModel(BaseFairseqModel):
                 overrides = getattr(param, "optim_overrides", {"optimizer": {}})
                 overrides["optimizer"]["lr_scale"] = self.cfg.semantic_lr_scale
                 param.optim_overrides = overrides
+
+    def _compile_layers(self) -> None:
+        """``torch.compile`` in place (``nn.Module.compile``: parameter names, ``.to()`` and the EMA's in-place
+        updates unchanged) of each student and teacher block and each decoder layer; one graph per layer kind
+        and mode, shared by the layers of that kind (their parameters are graph inputs)."""
+        decoder = self.modality_encoders[MODALITY].decoder
+        layers = [*self.blocks, *(decoder.blocks if decoder is not None else [])]
+        if self.teacher is not None:
+            layers += list(self.teacher.model.blocks)
+        for layer in layers:
+            layer.compile()
 
     def _teacher_network(self) -> TeacherEncoder:
         encoder = copy.deepcopy(self.modality_encoders[MODALITY])

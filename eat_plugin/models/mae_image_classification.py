@@ -118,6 +118,11 @@ class MaeImageClassificationConfig(FairseqDataclass):
         metadata={"help": "activation checkpointing of the encoder blocks: keep only each block's input and "
                           "recompute the block in the backward (less memory, one more forward; same gradients)"},
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile every encoder block, in place (same logits up to float rounding; the first "
+                          "steps compile). For GPUs: on a CPU it does not pay"},
+    )
     multi_label: Optional[bool] = field(
         default=None,
         metadata={"help": "BCE (true) or cross-entropy (false) loss; null: the official rule (multi-label when "
@@ -457,6 +462,7 @@ def backbone_config(cfg: MaeImageClassificationConfig, args) -> Data2VecMultiCon
         encoder_dropout=cfg.encoder_dropout, post_mlp_drop=cfg.post_mlp_drop,
         attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
         dropout_input=cfg.dropout_input, layerdrop=cfg.layerdrop, checkpoint_activations=cfg.checkpoint_activations,
+        torch_compile=cfg.torch_compile,
     )
     if cfg.norm_eps is not None:
         model_args["norm_eps"] = cfg.norm_eps

@@ -166,6 +166,13 @@ class Data2VecMultiConfig(FairseqDataclass):
                           "recompute the layer in the backward (less memory for one more forward of those layers; "
                           "same losses and gradients)"},
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile every transformer block (student and teacher) and decoder layer, in place "
+                          "(parameter names unchanged; same losses up to float rounding). The first steps compile "
+                          "(seconds per layer kind). On a CPU it does not pay (EAT-base, 2 threads: 1-2 % slower); it "
+                          "is for GPUs, where it fuses the element-wise work around the matrix products"},
+    )
     # machine-sound semantic heads (design note 003; off unless a lambda is > 0)
     num_machine_ids: int = field(
         default=0, metadata={"help": "machine-id head outputs; the machine_sounds task raises it to the largest "

@@ -42,7 +42,7 @@ def network_from_checkpoint(state: Mapping[str, Any], source: Any,
     heads with ``keep_semantic_heads``). Fine-tuned: the ``MaeImageClassificationModel``, rebuilt from
     ``pretrained_model_args`` alone.
     """
-    model_cfg = stored_model_cfg(state, source)
+    model_cfg = {**stored_model_cfg(state, source), "torch_compile": False}  # a training choice: eager here
     if model_cfg["_name"] == "data2vec_multi":
         network = student_encoder(config_from_dict(model_cfg), state["model"], keep_semantic_heads)
         return network, network.cfg.modalities.image.target_length

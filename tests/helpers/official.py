@@ -39,6 +39,7 @@ CLASSIFIER_TRANSFORM_HEAD_FIELDS = ("lambda_transform", "transform_head_per_patc
 PLUGIN_FIELDS = {
     f"{PRETRAINING_MODEL}.cls_loss_scale", *(f"{PRETRAINING_MODEL}.{name}" for name in SEMANTIC_HEAD_FIELDS),
     f"{PRETRAINING_MODEL}.checkpoint_activations", f"{CLASSIFIER_MODEL}.checkpoint_activations",
+    f"{PRETRAINING_MODEL}.torch_compile", f"{CLASSIFIER_MODEL}.torch_compile",
     f"{CLASSIFIER_MODEL}.multi_label", f"{CLASSIFIER_MODEL}.mixup_pairs", f"{CLASSIFIER_MODEL}.focal_gamma",
     f"{CLASSIFIER_MODEL}.focal_alpha", f"{CLASSIFIER_MODEL}.class_weights",
     *(f"{CLASSIFIER_MODEL}.{name}" for name in CLASSIFIER_TRANSFORM_HEAD_FIELDS),
