@@ -198,3 +198,16 @@ def test_manifest_length_mismatch_is_reported(tmp_path):
     path = write_wav(tmp_path / "a.wav", broadband(0.5), 16000)
     with pytest.raises(AudioError, match=r"a.wav: has 8000 samples but the manifest lists 9000"):
         FbankFrontEnd(64).from_file(path, expected_samples=9000)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 32000, 44100, 48000])
+def test_resampling_is_torchaudios_bit_for_bit_with_the_kernel_built_once(rate):
+    from eat_plugin.data.fbank import _resample_kernel
+
+    _resample_kernel.cache_clear()
+    for seed in range(3):  # the first call builds the rate pair's kernel, the others reuse it
+        wave = torch.randn(rate // 2 + seed * 37, generator=torch.Generator().manual_seed(seed))
+        expected = torchaudio.functional.resample(wave, orig_freq=rate, new_freq=16000)
+        torch.testing.assert_close(to_mono_16k(wave, rate), expected, rtol=0, atol=0)
+    info = _resample_kernel.cache_info()
+    assert (info.misses, info.hits) == (1, 2)

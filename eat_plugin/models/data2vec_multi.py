@@ -28,7 +28,7 @@ from eat_plugin.layout import FREQ_PATCHES, check_target_length
 from eat_plugin.losses import (UncertaintyWeighting, compute_var, dino_loss, normalized_pixels, regression_loss,
                                teacher_targets)
 from eat_plugin.models.keys import MODALITY, SEMANTIC_HEADS, upgrade_legacy_keys
-from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported
+from eat_plugin.models.pretraining_config import Data2VecMultiConfig, Modality, check_supported, plain_config
 from eat_plugin.models.state_check import check_state_matches, checkpoint_kind
 from eat_plugin.modules.block import PostLNBlock, run_layer
 from eat_plugin.modules.decoder import CNNDecoder
@@ -111,7 +111,7 @@ class Data2VecMultiModel(BaseFairseqModel):
         super().__init__()
         check_supported(cfg)
         check_target_length(cfg.modalities.image.target_length, "model.modalities.image.target_length")
-        self.cfg = cfg
+        self.cfg = cfg = plain_config(cfg)  # read every step: plain attributes, interpolations resolved once
         self.clone_batch = cfg.clone_batch
         self.num_updates = 0
         self.modality_encoders = nn.ModuleDict({MODALITY: build_audio_encoder(cfg)})

@@ -16,6 +16,7 @@ import logging
 
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II, MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from eat_plugin.official_fields import PRETRAINING, check_refused
 
@@ -299,3 +300,20 @@ def config_from_dict(values: dict) -> DictConfig:
             logger.warning(f"ignoring unknown pre-training model config field {key!r}")
         values.pop(key)
     return OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig), values)
+
+
+def plain_config(cfg: Any) -> Any:
+    """The model config as a plain ``Data2VecMultiConfig`` instance, its interpolations (``seed:
+    ${common.seed}``, ``max_update: ${optimization.max_update}``, ...) resolved once, at build time.
+
+    The training step reads about 30 fields every update: from a ``DictConfig`` each read costs ~30 us and
+    resolving an interpolation through the run's config ~0.3 ms (a tiny CPU update: ~3 ms of 37). A config
+    whose interpolations cannot be resolved here (built outside a run) stays as it is.
+    """
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Data2VecMultiConfig),
+                                                   OmegaConf.to_container(cfg, resolve=True)))
+    except OmegaConfBaseException:
+        return cfg
