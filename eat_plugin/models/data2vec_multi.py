@@ -363,9 +363,9 @@ class Data2VecMultiModel(BaseFairseqModel):
                           clip_ids: Optional[Sequence[int]]) -> Tensor:
         """``(R, N, D)`` N(0, mask_noise_std) noise; clip b's clones from its own ``(seed, update, id)`` stream."""
         std = self.cfg.modalities.image.mask_noise_std
-        full = like.new_zeros(rows, num_patches, like.size(-1))  # (R, N, D)
         if std <= 0:
-            return full
+            return like.new_zeros(rows, num_patches, like.size(-1))  # (R, N, D)
+        full = like.new_empty(rows, num_patches, like.size(-1))  # (R, N, D): every element is drawn below
         if clip_ids is None:
             return full.normal_(0, std)
         clones = full.view(len(clip_ids), self.clone_batch, num_patches, -1)  # (B, clones, N, D)
