@@ -150,6 +150,8 @@ def patched_official_copy(checkout: Path, into: Path) -> Path:
         sys.exit(f"--official {checkout}: not a checkout of github.com/cwx-worst-one/EAT "
                  f"(no models/EAT_pretraining.py)")
     commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if (checkout / "COMMIT").is_file():  # a copy of the checkout's files (bench/gpu_kit.sh) names its commit
+        commit = subprocess.CompletedProcess([], 0, (checkout / "COMMIT").read_text(), "")
     if commit.returncode == 0 and not commit.stdout.startswith(OFFICIAL_COMMIT):
         print(f"warning: {checkout} is at {commit.stdout.strip()[:7]}; this benchmark was written for "
               f"{OFFICIAL_COMMIT}")
@@ -824,7 +826,8 @@ class Runner:
     def worker(self, side: str, workload: str) -> Dict[str, Any]:
         a = self.args
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--workload", workload,
-                   "--fixture", str(self.fixture), "--device", a.device, "--dtype", a.dtype,
+                   "--fixture", str(self.fixture), "--device", a.device,
+                   "--dtype", a.official_dtype if side == "official" and a.official_dtype else a.dtype,
                    "--threads", str(a.threads), "--steps", str(a.steps), "--warmup", str(a.warmup),
                    "--optimizer", a.optimizer, "--preset", a.preset, "--batch", str(a.batch),
                    "--workloads", ",".join(a.workloads)] + (["--checkpoint-activations"] if a.checkpoint_activations else [])
@@ -980,7 +983,8 @@ def print_frontend_demand(derived: Dict[str, Any]) -> None:
 
 def print_environment(sample: Dict[str, Any], args: argparse.Namespace, load_before: float) -> None:
     print(f"{sample.get('machine', '?')} ({args.device}), {args.threads} threads, torch {sample.get('torch')}, "
-          f"fairseq {sample.get('fairseq')}, {args.dtype}, optimizer {args.optimizer}, checkpoint_activations (plugin) {args.checkpoint_activations}, torch_compile (plugin) {args.compile}, {args.steps} steps after "
+          f"fairseq {sample.get('fairseq')}, {args.dtype}"
+          f"{f' (official {args.official_dtype})' if args.official_dtype else ''}, optimizer {args.optimizer}, checkpoint_activations (plugin) {args.checkpoint_activations}, torch_compile (plugin) {args.compile}, {args.steps} steps after "
           f"{args.warmup} warm-up(s); GEMM peak ({sample.get('gemm')}): "
           f"{sample.get('gemm_flops_per_s', float('nan')) / 1e9:.1f} GFLOP/s")
     print(f"peak memory: {sample.get('peak_definition')}")
@@ -1042,6 +1046,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                                   "per-GPU batch; 1 on cpu)")
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="autocast dtype (the official recipes: fp16)")
+    parser.add_argument("--official-dtype", choices=DTYPES,
+                        help="the official code's autocast dtype when it differs from --dtype (e.g. --dtype bf16 "
+                             "--official-dtype fp16: each as it runs best / as its recipes run it)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each worker")
     parser.add_argument("--optimizer", choices=["adamw", "fairseq", "own"], default="adamw",
                         help="torch.optim.AdamW, or fairseq.optim.adam.Adam, for both; own: fairseq's adam for the "

@@ -14,6 +14,11 @@ the memory in use after each stage:
     backward    everything above
     optimizer   the plugin's ``adam_fused``, fairseq's ``adam`` or torch's AdamW (``--optimizer``)
 
+Then ``--plain-steps`` whole steps as training runs them (``model(source, precomputed_mask)``, backward,
+optimizer; no per-stage synchronisation or hooks): clips/s, the analytic model FLOPs per clip
+(``bench_official.workload_flops``: forward + 2 x backward of student and decoder, the teacher's forward) and
+the model-FLOP utilisation against a large matmul's rate measured in the same process and dtype.
+
 Use it to choose the next optimisation from data; `bench/bench_official.py` compares against the official
 code. Memory in use: CUDA ``memory_allocated``, CPU the process's RSS; peak: CUDA ``max_memory_allocated``,
 CPU the RSS high-water mark (VmHWM); both minus the RSS after the imports on the CPU.
@@ -27,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Dict, Iterator
 
 import torch
@@ -38,6 +45,9 @@ from eat_plugin.data.fbank import pad_or_crop, wave_to_fbank
 from eat_plugin.masking import compute_block_mask_2d
 from eat_plugin.models.data2vec_multi import Data2VecMultiModel
 from eat_plugin.models.pretraining_config import Data2VecMultiConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_official import ModelShape, gemm_peak, workload_flops  # noqa: E402  (the one FLOP count)
 
 PRESETS = {
     # official EAT-base (reference §6.1): D 768, depth 12, 16 clones, 1024 frames, CNN decoder 6 x 768
@@ -155,6 +165,31 @@ def run_step(model: Data2VecMultiModel, optimizer, waves: torch.Tensor, masks: t
     return timer
 
 
+def plain_steps(model: Data2VecMultiModel, optimizer, source: torch.Tensor, masks: torch.Tensor, first_update: int,
+                steps: int, autocast_dtype) -> float:
+    """Seconds per whole training step (median of ``steps`` after one warm-up), timed with one device sync
+    per step: what fairseq's train step runs, without the breakdown's instrumentation."""
+    device = masks.device
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    times = []
+    for i in range(steps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.set_num_updates(first_update + i)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            out = model(source=source, precomputed_mask=masks)
+            loss = sum(term.float().sum() for term in out["losses"].values()) / out["sample_size"]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[steps // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="base")
@@ -169,6 +204,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="model.torch_compile=true (every block and decoder layer; the warm-up steps compile)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--plain-steps", type=int, default=3, help="whole steps timed without the breakdown (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -202,6 +238,15 @@ def main() -> None:
     print(f"  {'step':10s} {total * 1e3:9.1f}   (median of {len(steps)}; {args.batch / total:.2f} clips/s)")
     print(f"  peak memory {memory_gib(device, peak=True) - base_memory:.2f} GiB"
           + (" (RSS high-water mark minus the RSS after the imports)" if device.type == "cpu" else ""))
+    if args.plain_steps > 0:
+        source = torch.stack([pad_or_crop(wave_to_fbank(w), frames) for w in waves]).unsqueeze(1).to(device)
+        seconds = plain_steps(model, optimizer, source, masks, args.steps + 3, args.plain_steps, autocast_dtype)
+        shape = ModelShape(OmegaConf.to_container(build_config(preset), resolve=True, enum_to_str=True))
+        flops = workload_flops("pretrain", shape, args.batch)  # per step
+        peak, gemm = gemm_peak(device, autocast_dtype or torch.float32)
+        print(f"  whole step {seconds * 1e3:.1f} ms (median of {args.plain_steps}): {args.batch / seconds:.2f} clips/s, "
+              f"{flops / args.batch / 1e12:.3f} TFLOP per clip, {flops / seconds / 1e12:.2f} TFLOP/s = "
+              f"{flops / seconds / peak:.1%} of the {gemm} rate ({peak / 1e12:.1f} TFLOP/s)")
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ def _without_pretraining_parts(weights: Mapping[str, Any], prefix: str) -> Dict[
     if dropped:
         parts = ", ".join(f"{part.rstrip('.')}{'*' if part.endswith('.') else ''} ({n} tensors)" if n > 1 else part
                           for part, n in dropped.items())
-        logger.info(f"dropped, not in the HF model (pre-training only): {parts}")
+        logger.info(f"dropped, not in the HF model (training-only parts): {parts}")
     return kept
 
 

@@ -15,7 +15,7 @@ POSITIONS = ENCODER + "fixed_positional_encoder.positions"  # the fixed sin-cos 
 LEGACY_POSITIONS = ENCODER + "positional_encoder.pos_embed"  # its pre-2024 name
 LEGACY_ENCODER_MASK = ENCODER + "encoder_mask"  # a buffer of old checkpoints, read by nothing
 PATCH_EMBEDDING = ENCODER + "local_encoder.proj.weight"  # present in every data2vec_multi state dict
-SEMANTIC_HEADS = "semantic_heads."  # the machine-sound heads (plugin only; kept for anomaly scoring)
+SEMANTIC_HEADS = "semantic_heads."  # machine-sound heads (plugin only; a fine-tuned model: the transformation head)
 FINETUNED_PREFIX = "model."  # the pre-training model inside a fine-tuned checkpoint
 
 # Weights only pre-training has (teacher, decoder, projection heads): exact keys and key prefixes.
