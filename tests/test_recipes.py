@@ -182,3 +182,19 @@ def test_recipe_is_consistent(recipe):
             assert OmegaConf.is_missing(cfg.task, "weights_file")
     if recipe.endswith("tiny"):
         assert (cfg.common.cpu, cfg.common.fp16, cfg.distributed_training.ddp_backend) == (True, False, "legacy_ddp")
+
+
+@pytest.mark.parametrize("recipe, fields", [
+    ("pretraining/base", ["checkpoint_activations", "torch_compile"]),
+    ("finetuning/as20k", ["checkpoint_activations", "torch_compile", "focal_gamma=2.0"]),
+])
+def test_plugin_fields_join_the_official_recipes_with_hydras_force_add(recipe, fields):
+    """The README's switches (`++model.checkpoint_activations=true`, ...): the official recipes do not list
+    the plugin's fields, so a plain `model.x=` override is refused by hydra and `++` must set them."""
+    overrides = [f"++model.{f}" if "=" in f else f"++model.{f}=true" for f in fields]
+    values = composed(recipe, *overrides)
+    for field in fields:
+        name, _, value = field.partition("=")
+        assert values[f"model.{name}"] == (float(value) if value else True)
+    with pytest.raises(Exception, match="checkpoint_activations"):
+        composed(recipe, "model.checkpoint_activations=true")
