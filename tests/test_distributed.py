@@ -150,11 +150,12 @@ RANDOMNESS_ON = ("model.mixup=0.8", "model.mixup_prob=1.0", "model.specaug=true"
                  "task.roll_aug=true")
 
 
-def finetune(data, pretrained, save_dir, world_size: int, *overrides, randomness=RANDOMNESS_OFF) -> list:
+def finetune(data, pretrained, save_dir, world_size: int, *overrides, randomness=RANDOMNESS_OFF,
+             num_classes: int = 6) -> list:
     """Tiny fine-tuning for 3 updates (model-side randomness off by default); the log of each rank."""
     cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "finetuning"), "--config-name", "tiny",
            f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"model.model_path={pretrained}",
-           "model.num_classes=6", *randomness, f"optimization.max_update={UPDATES}",
+           f"model.num_classes={num_classes}", *randomness, f"optimization.max_update={UPDATES}",
            f"dataset.batch_size={4 // world_size}", "dataset.batch_size_valid=4", f"checkpoint.save_dir={save_dir}",
            *overrides]
     if world_size == 1:
@@ -213,6 +214,33 @@ def test_finetuning_with_every_augmentation_on_two_ranks_equals_one_process(esc_
     for row1, row2 in zip(rows["one"], rows["two"]):
         assert float(row2["loss"]) == pytest.approx(float(row1["loss"]), abs=2e-3)
     assert max_differences(tmp_path / "flip", tmp_path / "two", teacher=False)["student"] > 10 * ATOL
+
+
+def test_machine_sound_fine_tuning_with_the_transformation_head_on_two_ranks_equals_one_process(esc_data, tmp_path):
+    """machine_sounds_classification + model.lambda_transform through fairseq's DDP: each clip's transformation
+    is drawn from (seed, epoch, clip), so 2 ranks x 2 clips train the classifier and the head as 1 x 4."""
+    _, pretrained = esc_data
+    fans = tmp_path / "fans"
+    assert load_script("make_demo_data").main(["--layout", "mimii", "--out", str(fans / "raw"), "--seconds", "1.5",
+                                               "--normal-per-id", "5", "--anomalous-per-id", "1"]) == 0
+    assert load_script("prepare_machine_sounds").main(["--root", str(fans / "raw"), "--out", str(fans / "data"),
+                                                       "--val-fraction", "0.25"]) == 0
+    overrides = ["task._name=machine_sounds_classification", "++task.transforms=true", "++task.label_type=single",
+                 "++model.lambda_transform=0.5", "++model.semantic_head_dropout=0.0", "common.log_interval=1",
+                 "criterion._name=eat_classification", "~criterion.log_keys", "checkpoint.best_checkpoint_metric=accuracy",
+                 "dataset.valid_subset=valid"]
+    rows = {}
+    for name, world_size in (("one", 1), ("two", 2)):
+        rows[name] = logged_rows(finetune(fans / "data", pretrained, tmp_path / name, world_size, *overrides,
+                                          num_classes=7)[0])
+    assert len(rows["one"]) == len(rows["two"]) == UPDATES
+    for row1, row2 in zip(rows["one"], rows["two"]):
+        assert float(row1["loss_transform"]) > 0
+        for key in ("loss", "loss_transform", "transform_accuracy"):
+            assert float(row2[key]) == pytest.approx(float(row1[key]), abs=2e-3), key
+    state = load_checkpoint_file(tmp_path / "two" / "checkpoint_last.pt")["model"]
+    assert any(key.startswith("semantic_heads.transform.") for key in state)
+    assert max_differences(tmp_path / "one", tmp_path / "two", teacher=False)["student"] < ATOL
 
 
 def test_weighted_epoch_shards_are_disjoint_and_together_the_draw(tmp_path):
