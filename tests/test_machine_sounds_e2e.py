@@ -20,20 +20,26 @@ pytestmark = pytest.mark.slow
 START = 50  # model.semantic_start_update of the recipe
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def hydra_train(section: str, recipe: str, data, run_dir, *overrides: str) -> str:
+    """``fairseq-hydra-train`` of ``config/{section}/{recipe}.yaml`` on ``data`` into ``run_dir``; its log."""
     import subprocess
 
+    cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / section), "--config-name", recipe,
+           f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={data}", f"checkpoint.save_dir={run_dir}",
+           f"hydra.run.dir={run_dir}", *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=train_env())
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-6000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("machine_sounds")
     assert load_script("make_demo_data").main(["--layout", "mimii", "--out", str(root / "raw"), "--normal-per-id", "30",
                                                "--anomalous-per-id", "8"]) == 0
     assert load_script("prepare_machine_sounds").main(["--root", str(root / "raw"), "--out", str(root / "data")]) == 0
-    cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "pretraining"), "--config-name", "machine_sounds_tiny",
-           f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={root / 'data'}", f"checkpoint.save_dir={root / 'run'}",
-           f"hydra.run.dir={root / 'run'}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=train_env())
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root, result.stdout + result.stderr
+    return root, hydra_train("pretraining", "machine_sounds_tiny", root / "data", root / "run")
 
 
 def test_semantic_terms_are_zero_in_phase_one_and_train_in_phase_two(trained):
@@ -86,16 +92,9 @@ def test_phase_two_on_a_fine_tuned_encoder_classifier_and_transformation_head(tr
     """Phase 2 on a fine-tuned encoder (config/finetuning/machine_sounds_tiny.yaml): the pre-trained model
     fine-tuned on the machine ids with the transformation head beside the classifier (which starts from the
     pre-training's head), scored with the same detector (-log softmax of the clip's own id)."""
-    import subprocess
-
     root, _ = trained
-    cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "finetuning"), "--config-name",
-           "machine_sounds_tiny", f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={root / 'data'}",
-           f"model.model_path={root / 'run' / 'checkpoint_last.pt'}", f"checkpoint.save_dir={tmp_path / 'ft'}",
-           f"hydra.run.dir={tmp_path / 'ft'}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=train_env())
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-6000:]
+    log = hydra_train("finetuning", "machine_sounds_tiny", root / "data", tmp_path / "ft",
+                      f"model.model_path={root / 'run' / 'checkpoint_last.pt'}")
     assert "transformation head: from the pre-training checkpoint's" in log
     rows = logged_rows(log)
     assert int(rows[-1]["num_updates"]) == 200
@@ -115,8 +114,6 @@ def test_phase_two_on_a_fine_tuned_encoder_classifier_and_transformation_head(tr
 def test_pretraining_with_heads_continues_from_a_plain_eat_checkpoint(trained, tmp_path):
     """A released-style checkpoint (no semantic_heads.*) + checkpoint.reset_*: the heads start fresh, the
     rest loads strictly, and the EMA / semantic schedules restart with the trainer's count."""
-    import subprocess
-
     import torch
 
     root, _ = trained
@@ -124,14 +121,10 @@ def test_pretraining_with_heads_continues_from_a_plain_eat_checkpoint(trained, t
     state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("semantic_heads.")}
     plain = tmp_path / "plain_eat.pt"
     torch.save(state, plain)
-    cmd = [str(HYDRA_TRAIN), "--config-dir", str(REPO / "config" / "pretraining"), "--config-name", "machine_sounds_tiny",
-           f"common.user_dir={REPO / 'eat_plugin'}", f"task.data={root / 'data'}", f"checkpoint.save_dir={tmp_path / 'run'}",
-           f"hydra.run.dir={tmp_path / 'run'}", f"checkpoint.restore_file={plain}", "checkpoint.reset_optimizer=true",
-           "checkpoint.reset_lr_scheduler=true", "checkpoint.reset_dataloader=true", "checkpoint.reset_meters=true",
-           f"optimization.max_update={START + 10}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=train_env())
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
+    log = hydra_train("pretraining", "machine_sounds_tiny", root / "data", tmp_path / "run",
+                      f"checkpoint.restore_file={plain}", "checkpoint.reset_optimizer=true",
+                      "checkpoint.reset_lr_scheduler=true", "checkpoint.reset_dataloader=true",
+                      "checkpoint.reset_meters=true", f"optimization.max_update={START + 10}")
     assert "the checkpoint has no semantic heads: they start from their initialisation" in log
     rows = logged_rows(log)
     assert [int(r["num_updates"]) for r in rows] == list(range(1, START + 11))

@@ -251,7 +251,7 @@ class MaeImageClassificationModel(BaseFairseqModel):
         for param in [*(self.fc_norm.parameters() if self.fc_norm is not None else []), self.head.bias]:
             param.optim_overrides = no_weight_decay()
         if self.semantic_heads is not None:
-            for name, param in self.semantic_heads.named_parameters():
+            for param in self.semantic_heads.parameters():
                 param.optim_overrides = {"optimizer": {
                     "lr_scale": self.cfg.semantic_lr_scale, **({"weight_decay_scale": 0} if param.ndim == 1 else {})}}
 
