@@ -13,7 +13,7 @@ from eat_plugin.models.pretraining_config import Data2VecMultiConfig, iter_field
 from eat_plugin.modules.attention import fused_attention
 from eat_plugin.modules.block import PostLNBlock
 from eat_plugin.modules.ema import annealed_decay
-from eat_plugin.modules.encoder import sincos_pos_table
+from eat_plugin.modules.encoder import PatchEmbed, sincos_pos_table
 from eat_plugin.masking import compute_block_mask_2d, make_mask_info, num_visible_patches
 from helpers import PLUGIN_FIELDS, official_fields
 from helpers import tiny_pretraining_config as tiny_config
@@ -70,6 +70,29 @@ def test_sincos_table_closed_form():
         for f in range(grid_w):
             expected = torch.cat([torch.sin(f * omega), torch.cos(f * omega), torch.sin(t * omega), torch.cos(t * omega)])
             torch.testing.assert_close(table[t * grid_w + f], expected, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("in_chans, height, width", [(1, 64, 128), (2, 37, 50)])
+def test_patch_embed_is_the_strided_convolution(in_chans, height, width):
+    """Tokens and gradients equal torch's conv2d with the module's own (D, C, 16, 16) kernel, time-major;
+    rows / columns past the last whole patch (37 x 50: 2 x 3 patches) are dropped, as by the conv."""
+    torch.manual_seed(0)
+    embed = PatchEmbed(24, in_chans=in_chans)
+    x = torch.randn(3, in_chans, height, width)
+    tokens = embed(x)  # (3, N, 24)
+    expected = F.conv2d(x, embed.proj.weight, embed.proj.bias, stride=16).flatten(2).transpose(1, 2)
+    assert tokens.shape == (3, (height // 16) * (width // 16), 24)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+    # token n = time patch n // cols, frequency patch n % cols: one hand-computed patch
+    t, f, cols = 1, 2, width // 16
+    patch = x[1, :, t * 16:(t + 1) * 16, f * 16:(f + 1) * 16]  # (C, 16, 16)
+    by_hand = (patch * embed.proj.weight).sum(dim=(1, 2, 3)) + embed.proj.bias  # (24,)
+    torch.testing.assert_close(tokens[1, t * cols + f], by_hand, atol=1e-5, rtol=1e-5)
+    weight = torch.randn_like(tokens)
+    grads = torch.autograd.grad((tokens * weight).sum(), [embed.proj.weight, embed.proj.bias])
+    expected_grads = torch.autograd.grad((expected * weight).sum(), [embed.proj.weight, embed.proj.bias])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
 def reference_block(block: PostLNBlock, x: torch.Tensor):
