@@ -55,14 +55,13 @@ def compute_block_mask_2d(
     centres_flat = torch.randint(0, length, size=(batch, num_centres), generator=generator)  # (B, K)
     mask.view(batch, -1).scatter_(1, centres_flat, 1)
     centres = mask.nonzero(as_tuple=True)  # duplicates collapse, as in the official code
-    offset = mask_length // 2
-    rows, ys, xs = [], [], []
-    for i in range(mask_length):
-        for j in range(mask_length):
-            rows.append(centres[0])
-            ys.append(centres[1] + i - offset)
-            xs.append(centres[2] + j - offset)
-    mask[(torch.cat(rows), torch.cat(ys).clamp_(0, height - 1), torch.cat(xs).clamp_(0, width - 1))] = 1
+    # every centre's mask_length x mask_length block, clamped at the grid's edges, in one indexed write
+    # (the index tensors broadcast to (K', m, m); setting 1 twice is harmless, so the order is irrelevant)
+    offsets = torch.arange(mask_length) - mask_length // 2  # (m,)
+    rows = centres[0][:, None, None]  # (K', 1, 1)
+    ys = (centres[1][:, None, None] + offsets[None, :, None]).clamp_(0, height - 1)  # (K', m, 1)
+    xs = (centres[2][:, None, None] + offsets[None, None, :]).clamp_(0, width - 1)  # (K', 1, m)
+    mask[rows, ys, xs] = 1
     mask = mask.reshape(batch, -1)  # (B, L)
 
     if require_same_masks:
