@@ -100,7 +100,8 @@ INERT: Dict[str, str] = {
 # of a checkpoint with fairseq's setup_task WITHOUT dropping unknown keys (the fine-tuning model does, from
 # ``pretrained_model_args.task``), so saved checkpoints keep them beside the task config, not inside it
 # (``eat_plugin.checkpoint_cfg``).
-PLUGIN_TASK_FIELDS = ("min_sample_size", "norm_mean", "norm_std", "skip_bad_clips", "label_type")
+PLUGIN_TASK_FIELDS = ("min_sample_size", "norm_mean", "norm_std", "skip_bad_clips", "label_type",
+                      "clip_cache_mb")
 
 
 def _value(cfg: Any, path: str) -> Any:

@@ -1,6 +1,7 @@
 """Datasets: batches, skipping, label alignment, weighted sampling, augmentation, bad clips in training."""
 
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from fairseq.tasks import FairseqTask
 
 from conftest import broadband, write_wav
 from eat_plugin.data.augment import noise_and_time_roll, roll_and_gain
-from eat_plugin.data.datasets import FbankDataset, LabelledFbankDataset
+from eat_plugin.data.datasets import (BlockMaskSpec, ClipCache, FbankDataset, LabelledFbankDataset,
+                                      MachineSoundDataset)
 from eat_plugin.data.fbank import AudioError, FbankFrontEnd
 from eat_plugin.data.manifest import Clip, ManifestError, read_label_descriptors, write_label_descriptors, write_split
 
@@ -212,3 +214,106 @@ def test_changed_clip_length_is_reported(tmp_path):
     write_wav(data / "audio" / "c0.wav", broadband(0.2), 16000)
     with pytest.raises(AudioError, match=r"c0.wav: has 3200 samples but the manifest lists 11200"):
         FbankDataset(data / "train.tsv", target_length=64)[0]
+
+
+# ----------------------------------------------------------------- the clip cache
+
+
+def items(dataset, epochs=(1, 2, 3)):
+    """Every item of every epoch: (fbank, masks or None) per clip."""
+    out = []
+    for epoch in epochs:
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            item = dataset[i]
+            out.append((item[dataset.key], item.get("precomputed_mask")))
+    return out
+
+
+CACHE_CASES = {  # dataset options -> what the cache keeps
+    "plain + masks": (dict(mask_spec=BlockMaskSpec(clone_batch=2, mask_prob=0.8, mask_length=3)), "fbank"),
+    "fbank noise": (dict(noise=True, seed=3), "fbank"),
+    "waveform roll + noise": (dict(roll_aug=True, noise=True, seed=3), "wave"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CACHE_CASES))
+def test_a_cached_run_gives_exactly_the_uncached_items(tmp_path, case):
+    """Epochs 1-3 through the cache equal a dataset without one, bit for bit (augmentation and masks are
+    drawn afresh each epoch), and the cache holds the right stage of each clip: the fbank, or the 16 kHz
+    waveform where a random step comes before the fbank."""
+    options, level = CACHE_CASES[case]
+    data = make_data(tmp_path)
+    cache = ClipCache(budget_mb=10)
+    cached = FbankDataset(data / "train.tsv", target_length=64, clip_cache=cache, **options)
+    plain = FbankDataset(data / "train.tsv", target_length=64, **options)
+    for (got, got_mask), (want, want_mask) in zip(items(cached), items(plain)):
+        assert torch.equal(got, want)
+        assert (got_mask is None and want_mask is None) or torch.equal(got_mask, want_mask)
+    assert sorted((index, kind) for _, index, kind in cache.items) == [(i, level) for i in range(4)]
+    if level == "fbank":  # the normalised fbank before the noise: the front end's output for the file
+        expected = FbankFrontEnd(64, "audioset").from_file(data / "audio" / "c2.wav")
+        assert torch.equal(cache.items[(cached.cache_namespace, 2, "fbank")], expected)
+    else:  # the file's samples at 16 kHz (written as 16-bit PCM)
+        assert cache.items[(cached.cache_namespace, 1, "wave")].shape == (4800,)
+
+
+def test_a_cached_clip_is_decoded_once_and_served_as_a_copy(tmp_path):
+    data = make_data(tmp_path)
+    cache = ClipCache(budget_mb=10)
+    dataset = FbankDataset(data / "train.tsv", target_length=64, clip_cache=cache)
+    first = [dataset[i]["source"].clone() for i in range(4)]
+    for path in (data / "audio").iterdir():
+        path.unlink()  # from here on only the cache can serve the clips
+    dataset.set_epoch(2)
+    item = dataset[1]["source"]
+    assert torch.equal(item, first[1])
+    item.zero_()  # a caller changing its item in place does not reach the kept fbank
+    assert torch.equal(dataset[1]["source"], first[1])
+    with pytest.raises(AudioError, match="audio file not found"):  # without the cache: read, so missing
+        FbankDataset(data / "train.tsv", target_length=64)[1]
+
+
+def test_the_cache_stops_at_its_budget_and_says_so_once(tmp_path, caplog):
+    data = make_data(tmp_path)
+    fbank_bytes = 64 * 128 * 4  # one (1, 64, 128) float32 fbank
+    cache = ClipCache(budget_mb=2.5 * fbank_bytes / 2**20)  # room for two
+    dataset = FbankDataset(data / "train.tsv", target_length=64, clip_cache=cache)
+    with caplog.at_level(logging.INFO, logger="eat_plugin.data.datasets"):
+        for _ in range(2):
+            for i in range(4):
+                dataset[i]
+    assert sorted(index for _, index, _ in cache.items) == [0, 1]
+    assert cache.used_bytes == 2 * fbank_bytes
+    assert [r.getMessage() for r in caplog.records].count(
+        "clip cache full (0 MB, 2 clips; task.clip_cache_mb=0.078125): further clips are decoded every time") == 1
+    with pytest.raises(ValueError, match="task.clip_cache_mb=-1"):
+        ClipCache(budget_mb=-1)
+
+
+def test_dataloader_workers_keep_nothing(tmp_path, monkeypatch):
+    """A worker's copy of the dataset arrives with an empty cache (pickled) and never fills it."""
+    data = make_data(tmp_path)
+    cache = ClipCache(budget_mb=10)
+    dataset = FbankDataset(data / "train.tsv", target_length=64, clip_cache=cache)
+    dataset[0]
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy.clip_cache.items == {} and copy.clip_cache.used_bytes == 0
+    assert copy.clip_cache.budget_bytes == cache.budget_bytes
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as inside a worker
+    assert torch.equal(copy[1]["source"], FbankDataset(data / "train.tsv", target_length=64)[1]["source"])
+    assert copy.clip_cache.items == {}
+
+
+def test_machine_sound_transformations_keep_the_waveform(tmp_path):
+    """The transformation is drawn per epoch before the fbank: the cache keeps the waveform (train), the fbank
+    where there is none (test), and the items equal an uncached dataset's."""
+    data = make_data(tmp_path, labels=[("dog",), ("cat",), ("dog",), ("bird",)])
+    descriptors = read_label_descriptors(data / "label_descriptors.csv")
+    for transforms, level in ((True, "wave"), (False, "fbank")):
+        cache = ClipCache(budget_mb=10)
+        cached, plain = (MachineSoundDataset(data / "train.tsv", data / "train.lbl", descriptors, transforms=transforms,
+                                             target_length=64, seed=5, clip_cache=c) for c in (cache, None))
+        for (got, _), (want, _) in zip(items(cached), items(plain)):
+            assert torch.equal(got, want)
+        assert {kind for _, _, kind in cache.items} == {level}

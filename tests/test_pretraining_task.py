@@ -186,6 +186,24 @@ def test_train_split_augments_shuffles_and_samples_by_weight(tmp_path):
     assert unweighted.weights is None  # weights_file alone (as official fine-tuning YAML sets it) samples nothing
 
 
+def test_one_clip_cache_serves_every_split_of_a_task(tmp_path):
+    """task.clip_cache_mb: one budget shared by the task's splits (default 1024 MB), 0 turns it off."""
+    data = make_data(tmp_path)
+    make_data(tmp_path, split="eval")
+    task = make_task(data, target_length=64)
+    train, evaluation = task.load_dataset("train"), task.load_dataset("eval")
+    assert train.clip_cache is evaluation.clip_cache is task.clip_cache
+    assert task.clip_cache.budget_bytes == 1024 * 2**20
+    train[0], evaluation[0], evaluation[1]
+    assert sorted((index, level) for _, index, level in task.clip_cache.items) == [(0, "fbank")] * 2 + [(1, "fbank")]
+    assert task.clip_cache.used_bytes == 3 * 64 * 128 * 4
+    off = make_task(data, target_length=64, clip_cache_mb=0)
+    off.load_dataset("train")[0]
+    assert off.clip_cache.items == {}
+    with pytest.raises(ValueError, match=r"task.clip_cache_mb=-5(\.0)?: expected megabytes >= 0"):
+        make_task(data, clip_cache_mb=-5)
+
+
 def test_min_sample_size_skips_short_clips(tmp_path):
     data = make_data(tmp_path, seconds=[0.7, 0.3, 1.0])  # 4800 samples < 10000
     assert len(make_task(data).load_dataset("train")) == 2

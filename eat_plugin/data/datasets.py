@@ -109,6 +109,54 @@ class BadClips:
         return torch.nonzero(self.flags).flatten().tolist()
 
 
+class ClipCache:
+    """Decoded clips kept in memory, so a clip is read, resampled and turned into an fbank once per run.
+
+    What is kept is everything of a clip that is the same in every epoch: its ``(1, T, 128)`` fbank, or,
+    where a random step comes before the fbank (``roll_aug``, the machine-sound transformations), its
+    16 kHz mono waveform; augmentation and masks are drawn afresh from ``(seed, epoch, index)`` as before,
+    so a cached run gives exactly the items of an uncached one. One cache serves all splits of a task, up
+    to ``budget_mb`` in all; past that, further clips are decoded every time (logged once).
+
+    Only the process that owns the dataset caches: in a DataLoader worker (``dataset.num_workers > 0``) the
+    workers already decode in parallel, and a per-worker copy would multiply the memory by their number,
+    so nothing is kept there (a pickled cache arrives empty). A file changed on disk during the run is not
+    read again once cached.
+    """
+
+    def __init__(self, budget_mb: float):
+        if not budget_mb >= 0:
+            raise ValueError(f"task.clip_cache_mb={budget_mb!r}: expected megabytes >= 0 (0 turns the cache off)")
+        self.budget_bytes = int(budget_mb * 2**20)
+        self.used_bytes = 0
+        self.items: Dict[Tuple[str, int, str], torch.Tensor] = {}  # (namespace, index, level)
+        self.full = False
+
+    def __getstate__(self) -> Dict:
+        return {**self.__dict__, "items": {}, "used_bytes": 0}  # workers start empty (and never fill it)
+
+    @property
+    def active(self) -> bool:
+        return self.budget_bytes > 0 and torch.utils.data.get_worker_info() is None
+
+    def get(self, key: Tuple[str, int, str]) -> Optional[torch.Tensor]:
+        """A copy of the kept tensor (callers may change it in place), or None."""
+        kept = self.items.get(key)
+        return None if kept is None else kept.clone()
+
+    def put(self, key: Tuple[str, int, str], tensor: torch.Tensor) -> None:
+        """Keep a copy of ``tensor`` if it fits in the budget."""
+        size = tensor.numel() * tensor.element_size()
+        if self.used_bytes + size > self.budget_bytes:
+            if not self.full:
+                self.full = True
+                logger.info(f"clip cache full ({self.used_bytes / 2**20:.0f} MB, {len(self.items)} clips; "
+                            f"task.clip_cache_mb={self.budget_bytes / 2**20:g}): further clips are decoded every time")
+            return
+        self.items[key] = tensor.clone()
+        self.used_bytes += size
+
+
 class FbankDataset(FairseqDataset):
     """Manifest rows -> normalised fbank clips.
 
@@ -133,6 +181,7 @@ class FbankDataset(FairseqDataset):
         resample: resample every clip to 16 kHz (``task.downsr_16hz: true``, what every EAT recipe sets).
             False reads clips at their own rate, as the official code does, so only 16 kHz clips are
             accepted: the fbank is a 16 kHz one, and the official code's fbank of other rates is wrong.
+        clip_cache: keep each clip's decoded fbank (or waveform) in this ``ClipCache`` (None: decode every time).
 
     Items depend only on ``(seed, epoch, index)``, never on the worker that loads them: the epoch lives in
     shared memory, so fairseq's persistent DataLoader workers see ``set_epoch`` too.
@@ -155,6 +204,7 @@ class FbankDataset(FairseqDataset):
         h5_format: bool = False,
         skip_bad_clips: bool = False,
         resample: bool = True,
+        clip_cache: Optional[ClipCache] = None,
     ):
         super().__init__()
         self.front_end = FbankFrontEnd(target_length, norm)
@@ -172,6 +222,8 @@ class FbankDataset(FairseqDataset):
         self.weights = self._load_weights(weights_file) if weights_file else None  # (N,) float64
         self.num_samples = self._check_num_samples(num_samples) if self.weights is not None else None
         self.bad_clips = BadClips(len(self)) if skip_bad_clips else None
+        self.clip_cache = clip_cache
+        self.cache_namespace = f"{self.manifest.path} {self.front_end!r}"  # the cache's keys: + (index, level)
 
     # ------------------------------------------------------------------ construction helpers
     def _drop_short_rows(self, min_sample_size: int) -> List[int]:
@@ -235,36 +287,73 @@ class FbankDataset(FairseqDataset):
         if self.h5_format:
             file_part, h5_key = split_h5_path(relpath)
             wave, sample_rate = read_h5_audio(self.manifest.root / file_part, h5_key)  # (S, C)
-            return wave, sample_rate, f"{self.manifest.root / file_part} key {h5_key!r}"
-        path = self.manifest.root / relpath
-        wave, sample_rate = read_audio(path)  # (S, C)
-        return wave, sample_rate, str(path)
+            return wave, sample_rate, self._source(relpath)
+        wave, sample_rate = read_audio(self.manifest.root / relpath)  # (S, C)
+        return wave, sample_rate, self._source(relpath)
+
+    def _source(self, relpath: str) -> str:
+        """A manifest path's name in messages: the file, or the file and its HDF5 key."""
+        if self.h5_format:
+            file_part, h5_key = split_h5_path(relpath)
+            return f"{self.manifest.root / file_part} key {h5_key!r}"
+        return str(self.manifest.root / relpath)
 
     def load_fbank(self, index: int) -> torch.Tensor:
         """Read clip ``index`` and return its ``(1, T, 128)`` fbank; errors name the clip and manifest line."""
         row = self.manifest.rows[self.kept[index]]
         try:
-            wave, sample_rate, path = self._read(row.relpath)  # (S, C)
-            if wave.shape[0] != row.num_samples:
-                raise AudioError(
-                    f"{path}: has {wave.shape[0]} samples but the manifest lists {row.num_samples}; "
-                    f"the file changed or was truncated since the manifest was written"
-                )
-            if not self.resample and sample_rate != 16000:
-                raise AudioError(
-                    f"{path}: {sample_rate} Hz, but task.downsr_16hz=false reads clips at their own rate and the "
-                    f"fbank expects 16 kHz; set task.downsr_16hz=true (every EAT recipe does) or resample the data")
-            wave_16k = to_mono_16k(wave, sample_rate, path)  # (S16,)
             rng = self._rng(index) if (self.roll_aug or self.noise) else None
-            if self.roll_aug:
-                wave_16k = roll_and_gain(wave_16k, rng)  # (S16,)
-            wave_16k = self.transform_wave(index, wave_16k)  # (S16,)
-            fbank = self.front_end.features(wave_16k, path)  # (1, T, 128)
+            fbank = self._kept(index, "fbank")  # (1, T, 128) when the clip's fbank is in the cache
+            if fbank is None:
+                wave_16k = self._kept(index, "wave")  # (S16,) when its waveform is
+                if wave_16k is None:
+                    wave_16k = self.decode(row)  # (S16,)
+                    self._keep(index, "wave", wave_16k)
+                if self.roll_aug:
+                    wave_16k = roll_and_gain(wave_16k, rng)  # (S16,)
+                wave_16k = self.transform_wave(index, wave_16k)  # (S16,)
+                fbank = self.front_end.features(wave_16k, self._source(row.relpath))  # (1, T, 128)
+                self._keep(index, "fbank", fbank)
             if self.noise:
                 fbank = noise_and_time_roll(fbank, rng)  # (1, T, 128)
         except (AudioError, FileNotFoundError) as err:
             raise AudioError(f"{self.manifest.path} line {row.line}: {err}") from err
         return fbank
+
+    def decode(self, row) -> torch.Tensor:
+        """A manifest row's audio as checked ``(S16,)`` 16 kHz mono float32."""
+        wave, sample_rate, path = self._read(row.relpath)  # (S, C)
+        if wave.shape[0] != row.num_samples:
+            raise AudioError(
+                f"{path}: has {wave.shape[0]} samples but the manifest lists {row.num_samples}; "
+                f"the file changed or was truncated since the manifest was written"
+            )
+        if not self.resample and sample_rate != 16000:
+            raise AudioError(
+                f"{path}: {sample_rate} Hz, but task.downsr_16hz=false reads clips at their own rate and the "
+                f"fbank expects 16 kHz; set task.downsr_16hz=true (every EAT recipe does) or resample the data")
+        return to_mono_16k(wave, sample_rate, path)  # (S16,)
+
+    # ------------------------------------------------------------------ the clip cache
+    @property
+    def wave_is_random(self) -> bool:
+        """A random step comes before the fbank, so the cache keeps the waveform instead of the fbank."""
+        return self.roll_aug
+
+    def _cache_level(self) -> Optional[str]:
+        """What the cache keeps of a clip in this process: ``"fbank"``, ``"wave"`` or nothing (None)."""
+        if self.clip_cache is None or not self.clip_cache.active:
+            return None
+        return "wave" if self.wave_is_random else "fbank"
+
+    def _kept(self, index: int, level: str) -> Optional[torch.Tensor]:
+        if self._cache_level() != level:
+            return None
+        return self.clip_cache.get((self.cache_namespace, index, level))
+
+    def _keep(self, index: int, level: str, tensor: torch.Tensor) -> None:
+        if self._cache_level() == level:
+            self.clip_cache.put((self.cache_namespace, index, level), tensor)
 
     def transform_wave(self, index: int, wave_16k: torch.Tensor) -> torch.Tensor:
         """A subclass's per-clip waveform transformation (``MachineSoundDataset``); none here."""
@@ -431,6 +520,10 @@ class MachineSoundDataset(LabelledFbankDataset):
     def transformation_id(self, index: int) -> int:
         """The transformation clip ``index`` gets this epoch (0 = identity without ``transforms``)."""
         return draw_transform(self._transform_rng(index)) if self.transforms else 0
+
+    @property
+    def wave_is_random(self) -> bool:
+        return self.roll_aug or self.transforms
 
     def transform_wave(self, index: int, wave_16k: torch.Tensor) -> torch.Tensor:
         if not self.transforms:

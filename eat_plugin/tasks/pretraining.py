@@ -19,7 +19,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
-from eat_plugin.data.datasets import BlockMaskSpec, FbankDataset
+from eat_plugin.data.datasets import BlockMaskSpec, ClipCache, FbankDataset
 from eat_plugin.data.fbank import training_norm_stats
 from eat_plugin.diagnostics import chance_loss, check_initial_loss, parameters_without_grad
 from eat_plugin.layout import PATCH_FRAMES, check_target_length
@@ -88,6 +88,14 @@ class MaeImagePretrainingConfig(FairseqDataclass):
         metadata={"help": "a clip that cannot be decoded when read (removed or corrupted after the manifest was "
                           "written) is skipped with a warning naming it and counted as bad_clips in the training "
                           "log, instead of stopping the run; never zero-filled"},
+    )
+    clip_cache_mb: float = field(
+        default=1024,
+        metadata={"help": "keep up to this many MB of decoded clips (each clip's fbank, or its 16 kHz waveform "
+                          "where roll_aug / transformations come first) in memory, so each clip is read and "
+                          "transformed once per run instead of once per epoch; the same items as without. "
+                          "Only the training process caches: with dataset.num_workers > 0 the workers decode "
+                          "in parallel and keep nothing. 0 turns it off"},
     )
 
 
@@ -212,6 +220,10 @@ class MaeImagePretrainingTask(FairseqTask):
             check_run_options(run_config(cfg))
         super().__init__(cfg)
         self.faults = TrainingFaults(self)  # NaN/Inf stops name the update and its clips; bad_clips count
+        self.clip_cache = ClipCache(cfg.clip_cache_mb)  # one budget for all splits (data.datasets.ClipCache)
+        if cfg.clip_cache_mb > 0:
+            logger.info(f"clip cache: up to {cfg.clip_cache_mb:g} MB of decoded clips kept in the training process "
+                        f"(not in DataLoader workers); task.clip_cache_mb=0 turns it off")
         if cfg.weights_file and not (cfg.AS2M_finetune or cfg.spcv1_finetune):
             logger.info(f"task.weights_file={cfg.weights_file} is unused: AS2M_finetune and spcv1_finetune are false")
 
@@ -239,6 +251,7 @@ class MaeImagePretrainingTask(FairseqTask):
             h5_format=train and cfg.h5_format,
             resample=cfg.downsr_16hz,
             skip_bad_clips=cfg.skip_bad_clips,
+            clip_cache=self.clip_cache,
         )
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> FbankDataset:

@@ -48,6 +48,7 @@ PLUGIN_FIELDS = {
     f"{CLASSIFICATION_TASK}.min_sample_size", f"{CLASSIFICATION_TASK}.norm_mean",
     f"{CLASSIFICATION_TASK}.norm_std", f"{CLASSIFICATION_TASK}.skip_bad_clips",
     f"{CLASSIFICATION_TASK}.label_type",
+    f"{PRETRAINING_TASK}.clip_cache_mb", f"{CLASSIFICATION_TASK}.clip_cache_mb",
 }
 
 
