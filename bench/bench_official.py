@@ -548,7 +548,7 @@ class Worker:
         if self.args.optimizer == "own" and self.side.name == "plugin":
             from eat_plugin.optim import AdamFused
 
-            return AdamFused(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+            return AdamFused(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05, fp16_stats=self.args.fp16_adam_stats)
         if self.args.optimizer in ("fairseq", "own"):
             from fairseq.optim.adam import Adam
 
@@ -832,6 +832,7 @@ class Runner:
                    "--optimizer", a.optimizer, "--preset", a.preset, "--batch", str(a.batch),
                    "--workloads", ",".join(a.workloads)] + (["--checkpoint-activations"] if a.checkpoint_activations else [])
         command += ["--compile"] if a.compile else []
+        command += ["--fp16-adam-stats"] if a.fp16_adam_stats else []
         if side == "official":
             command += ["--official-copy", str(self.official_copy)]
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads),
@@ -984,7 +985,7 @@ def print_frontend_demand(derived: Dict[str, Any]) -> None:
 def print_environment(sample: Dict[str, Any], args: argparse.Namespace, load_before: float) -> None:
     print(f"{sample.get('machine', '?')} ({args.device}), {args.threads} threads, torch {sample.get('torch')}, "
           f"fairseq {sample.get('fairseq')}, {args.dtype}"
-          f"{f' (official {args.official_dtype})' if args.official_dtype else ''}, optimizer {args.optimizer}, checkpoint_activations (plugin) {args.checkpoint_activations}, torch_compile (plugin) {args.compile}, {args.steps} steps after "
+          f"{f' (official {args.official_dtype})' if args.official_dtype else ''}, optimizer {args.optimizer}, checkpoint_activations (plugin) {args.checkpoint_activations}, torch_compile (plugin) {args.compile}, fp16_adam_stats (plugin) {args.fp16_adam_stats}, {args.steps} steps after "
           f"{args.warmup} warm-up(s); GEMM peak ({sample.get('gemm')}): "
           f"{sample.get('gemm_flops_per_s', float('nan')) / 1e9:.1f} GFLOP/s")
     print(f"peak memory: {sample.get('peak_definition')}")
@@ -1055,6 +1056,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "official code, the plugin's adam_fused (the same update, fused kernel) for the plugin")
     parser.add_argument("--checkpoint-activations", action="store_true",
                         help="the plugin with model.checkpoint_activations=true (its memory-saving option)")
+    parser.add_argument("--fp16-adam-stats", action="store_true",
+                        help="with --optimizer own: the plugin's adam_fused keeps its moments in fp16 "
+                             "(optimizer.fp16_adam_stats, its memory-saving option)")
     parser.add_argument("--compile", action="store_true",
                         help="the plugin with model.torch_compile=true (compiled in the warm-up steps; use --warmup 3)")
     parser.add_argument("--json", help="write all raw measurements here")

@@ -29,9 +29,18 @@ and the parameter-group keys are ``lr, betas, eps, weight_decay, amsgrad``, so c
 (``--memory-efficient-fp16`` / ``--memory-efficient-bf16``) are updated in fp32 with fp32 state, which a
 checkpoint load keeps fp32; flat parameters (fairseq's ``FP16Optimizer``) work; ``average_params`` (BMUF)
 averages ``exp_avg`` / ``exp_avg_sq`` over the ranks as ``adam`` does. Refused, with an error:
-``use_old_adam: true`` (choose ``implementation: loop``), ``fp16_adam_stats: true`` (``adam`` supports it
-only with apex's FusedAdamV1), ``amsgrad`` groups, sparse gradients, a checkpoint whose state is not
-Adam's.
+``use_old_adam: true`` (choose ``implementation: loop``), ``amsgrad`` groups, sparse gradients, a checkpoint
+whose state is not Adam's, BMUF with ``fp16_adam_stats``.
+
+``fp16_adam_stats: true`` (fairseq's field; its ``adam`` has it only with apex's FusedAdamV1 on a GPU, and its
+``cpu_adam``) keeps the two moments in fp16 with a per-tensor scale, as those optimizers do: each step
+dequantises ``m = m16 · s_m`` (and ``v``), runs the update above in fp32, then stores
+``s = 1e-8 + max|m| / 65504`` and ``m16 = fp16(m / s)`` (state keys ``exp_avg_scale`` / ``exp_avg_sq_scale``
+beside the moments, FusedAdamV1's). The state takes half the memory (EAT-base: 343 instead of 686 MiB); the
+moments carry fp16's 11-bit precision relative to their tensor's largest entry, and entries below ~6e-8 of
+it become 0. A run switches either way between fp32 and fp16 moments on resume (converted at the first step).
+The fp32 copies live one chunk at a time (``CHUNK_NUMEL``), except for a flat parameter (fairseq's
+``FP16Optimizer`` with flat grads), which is one tensor and so is dequantised whole.
 
 Note: fairseq's trainer resumes an optimizer only if the top-level optimizer class is the one that wrote the
 checkpoint. Inside ``composite`` (the recipes) the top level is always ``FairseqCompositeOptimizer``, so a
@@ -59,6 +68,7 @@ logger = logging.getLogger(__name__)
 IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 MOMENTS = ("exp_avg", "exp_avg_sq")
+FLOAT16_MAX = 65504.0  # fp16_stats: a moment tensor is scaled so that its largest entry maps here
 # tensors per multi-tensor call are taken in runs of at most this many elements: bounds the fp32 copies of
 # fp16 / bf16 parameters and gradients and foreach's sqrt(v) buffer (64 MiB each in fp32); on the CPU 8 MiB,
 # which glibc's allocator reuses instead of mapping fresh pages on every step (foreach 1.5x faster there)
@@ -74,7 +84,8 @@ class AdamFusedConfig(FairseqDataclass):
     use_old_adam: bool = field(default=False, metadata={
         "help": "fairseq adam's switch to its Python loop; refused here, set implementation: loop"})
     fp16_adam_stats: bool = field(default=False, metadata={
-        "help": "FP16 Adam state (fairseq adam: apex FusedAdamV1 only); refused here, the state is fp32"})
+        "help": "keep exp_avg / exp_avg_sq in fp16 with a per-tensor scale (FusedAdamV1's scheme): half the "
+                "optimizer-state memory, fp16 precision in the moments"})
     implementation: ChoiceEnum(list(IMPLEMENTATIONS)) = field(default="auto", metadata={
         "help": "fused: torch's fused AdamW kernel with fairseq's eps placement; foreach: torch._foreach_* ops; "
                 "loop: fairseq's per-parameter code; auto: fused where torch has the kernel, else foreach"})
@@ -101,13 +112,11 @@ class FairseqAdamFused(FairseqOptimizer):
         if getattr(cfg, "use_old_adam", False):
             raise ValueError("adam_fused: use_old_adam is fairseq adam's switch to its Python loop; "
                              "set implementation: loop instead")
-        if getattr(cfg, "fp16_adam_stats", False):
-            raise NotImplementedError("adam_fused: fp16_adam_stats is not supported (fairseq's adam supports it "
-                                      "only with apex's FusedAdamV1); the Adam state here is fp32")
         implementation = str(getattr(cfg.implementation, "value", cfg.implementation))
         if implementation == "auto" and getattr(cfg, "tpu", False):
             implementation = "loop"  # fairseq's adam runs its Python loop on TPUs
-        self._optimizer = AdamFused(params, implementation=implementation, **self.optimizer_config)
+        self._optimizer = AdamFused(params, implementation=implementation,
+                                    fp16_stats=bool(getattr(cfg, "fp16_adam_stats", False)), **self.optimizer_config)
         devices = {p.device for group in self._optimizer.param_groups for p in group["params"]}
         chosen = {str(d): self._optimizer._implementation_for(d) for d in devices}  # an unsupported choice fails here
         logger.info(f"adam_fused: implementation {implementation} ({chosen})")
@@ -124,6 +133,9 @@ class FairseqAdamFused(FairseqOptimizer):
 
     def average_params(self):
         """Average ``exp_avg`` / ``exp_avg_sq`` over the ranks (BMUF), as fairseq's adam does."""
+        if self.optimizer.fp16_stats:
+            raise NotImplementedError("adam_fused: BMUF's moment averaging with fp16_adam_stats (moments scaled "
+                                      "per rank) is not supported; set fp16_adam_stats: false")
         total = float(dist.get_world_size())
         for state in self.optimizer.state.values():
             for key in MOMENTS:
@@ -148,7 +160,7 @@ class AdamFused(torch.optim.Optimizer):
     and parameter-group layout, with the implementation chosen by ``implementation``."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 implementation="auto"):
+                 implementation="auto", fp16_stats=False):
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"adam_fused: implementation must be one of {IMPLEMENTATIONS}, not {implementation!r}")
         if amsgrad:
@@ -161,6 +173,7 @@ class AdamFused(torch.optim.Optimizer):
         # the same group keys as fairseq's Adam: state dicts move between the two
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=False))
         self.implementation = implementation
+        self.fp16_stats = fp16_stats
 
     @property
     def supports_memory_efficient_fp16(self):
@@ -203,10 +216,16 @@ class AdamFused(torch.optim.Optimizer):
                     raise ValueError(f"adam_fused: the checkpoint's {k} for parameter {key} has shape "
                                      f"{tuple(state[k].shape)}, the parameter {tuple(p.shape)}")
         super().load_state_dict(state_dict)
-        for key, p in params.items():
-            if key in saved_state and p.dtype in LOW_PRECISION:
-                for k in MOMENTS:
-                    self.state[p][k] = saved_state[key][k].to(device=p.device, dtype=torch.float32)
+        for key, p in params.items():  # torch's load cast every state tensor to the parameter's dtype: undo that
+            saved = saved_state.get(key)
+            if saved is None:
+                continue
+            for k in MOMENTS:
+                if k + "_scale" in saved:  # fp16 moments (fp16_adam_stats): keep them fp16, the scale fp32
+                    self.state[p][k] = saved[k].to(device=p.device, dtype=torch.float16)
+                    self.state[p][k + "_scale"] = torch.as_tensor(saved[k + "_scale"], dtype=torch.float32).to(p.device)
+                elif p.dtype in LOW_PRECISION:
+                    self.state[p][k] = saved[k].to(device=p.device, dtype=torch.float32)
 
     # ------------------------------------------------------------------------------------------------- step
 
@@ -230,12 +249,12 @@ class AdamFused(torch.optim.Optimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = 0
-                    for k in MOMENTS:
-                        state[k] = torch.zeros_like(p, dtype=work_dtype, memory_format=torch.preserve_format)
-                else:
-                    for k in MOMENTS:  # e.g. a state loaded onto the CPU (as fairseq's Adam, moved lazily)
-                        if state[k].device != p.device or state[k].dtype != work_dtype:
-                            state[k] = state[k].to(device=p.device, dtype=work_dtype)
+                    for k in MOMENTS:  # fp16_stats: fp16 zeros, scale 1 (FusedAdamV1's initial state)
+                        state[k] = torch.zeros_like(p, dtype=torch.float16 if self.fp16_stats else work_dtype,
+                                                    memory_format=torch.preserve_format)
+                        if self.fp16_stats:
+                            state[k + "_scale"] = torch.ones((), device=p.device)
+                self._settle_state(state, p, work_dtype)
                 state["step"] = int(state["step"]) + 1
                 runs[(p.device, work_dtype, state["step"])].append(p)
             for (device, _, step), run in runs.items():
@@ -243,6 +262,25 @@ class AdamFused(torch.optim.Optimizer):
                 for chunk in chunks(run, CHUNK_NUMEL.get(device.type, DEFAULT_CHUNK_NUMEL)):
                     self._update(chunk, group, step, implementation)
         return loss
+
+    def _settle_state(self, state, p, work_dtype: torch.dtype) -> None:
+        """Moments on the parameter's device, as this optimizer keeps them: ``work_dtype``, or fp16 + scale
+        (``fp16_stats``); a state of the other kind (a resumed run that switched) is converted."""
+        for k in MOMENTS:
+            moment, scale = state[k], state.get(k + "_scale")
+            if self.fp16_stats and scale is None:  # fp32 moments -> fp16 + scale
+                moment = moment.to(device=p.device, dtype=torch.float32)
+                scale = 1e-8 + moment.abs().max() / FLOAT16_MAX  # () fp32
+                state[k], state[k + "_scale"] = (moment / scale).half(), scale
+            elif self.fp16_stats:
+                if moment.device != p.device or moment.dtype != torch.float16:
+                    state[k] = moment.to(device=p.device, dtype=torch.float16)
+                state[k + "_scale"] = torch.as_tensor(scale, dtype=torch.float32).to(p.device)
+            elif scale is not None:  # fp16 + scale -> plain moments
+                state[k] = moment.to(device=p.device, dtype=torch.float32).mul_(scale).to(work_dtype)
+                del state[k + "_scale"]
+            elif moment.device != p.device or moment.dtype != work_dtype:  # e.g. a state loaded onto the CPU
+                state[k] = moment.to(device=p.device, dtype=work_dtype)
 
     def _implementation_for(self, device: torch.device) -> str:
         if self.implementation == "auto":
@@ -260,8 +298,13 @@ class AdamFused(torch.optim.Optimizer):
             if implementation == "fused" and g.stride() != w.stride():
                 g = torch.empty_like(w).copy_(g)  # the kernel wants one layout per parameter, state and grad
             grads.append(g)
-        exp_avgs = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        states = [self.state[p] for p in params]
+        if self.fp16_stats:  # fp32 copies of this chunk's moments (at most CHUNK_NUMEL elements each)
+            exp_avgs = [st["exp_avg"].float().mul_(st["exp_avg_scale"]) for st in states]
+            exp_avg_sqs = [st["exp_avg_sq"].float().mul_(st["exp_avg_sq_scale"]) for st in states]
+        else:
+            exp_avgs = [st["exp_avg"] for st in states]
+            exp_avg_sqs = [st["exp_avg_sq"] for st in states]
         lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         # fairseq's Adam: Python floats (double), from the integer step
         bias_correction1 = 1 - beta1 ** step
@@ -294,6 +337,12 @@ class AdamFused(torch.optim.Optimizer):
         for p, w in zip(params, work):
             if w is not p:
                 p.copy_(w)
+        if self.fp16_stats:  # FusedAdamV1's requantisation: scale from the largest entry, then fp16
+            for st, moments in zip(states, zip(exp_avgs, exp_avg_sqs)):
+                for k, moment in zip(MOMENTS, moments):
+                    scale = 1e-8 + moment.abs().max() / FLOAT16_MAX  # () fp32
+                    st[k].copy_(moment.div_(scale))
+                    st[k + "_scale"] = scale
 
 
 def chunks(params, limit: int):
