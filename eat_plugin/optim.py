@@ -174,6 +174,7 @@ class AdamFused(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=False))
         self.implementation = implementation
         self.fp16_stats = fp16_stats
+        self._scratch = {}  # fp16_stats: device -> fp32 buffer for a chunk's dequantised moments (not state)
 
     @property
     def supports_memory_efficient_fp16(self):
@@ -270,7 +271,7 @@ class AdamFused(torch.optim.Optimizer):
             moment, scale = state[k], state.get(k + "_scale")
             if self.fp16_stats and scale is None:  # fp32 moments -> fp16 + scale
                 moment = moment.to(device=p.device, dtype=torch.float32)
-                scale = 1e-8 + moment.abs().max() / FLOAT16_MAX  # () fp32
+                scale = 1e-8 + largest_magnitude(moment) / FLOAT16_MAX  # () fp32
                 state[k], state[k + "_scale"] = (moment / scale).half(), scale
             elif self.fp16_stats:
                 if moment.device != p.device or moment.dtype != torch.float16:
@@ -281,6 +282,25 @@ class AdamFused(torch.optim.Optimizer):
                 del state[k + "_scale"]
             elif moment.device != p.device or moment.dtype != work_dtype:  # e.g. a state loaded onto the CPU
                 state[k] = moment.to(device=p.device, dtype=work_dtype)
+
+    def _dequantised(self, params, states):
+        """fp32 ``m16 · s`` of each moment: views of one scratch buffer per device (2 x the chunk's elements,
+        kept between steps, so no fresh pages per step), or own tensors for non-contiguous parameters."""
+        device, numel = params[0].device, sum(p.numel() for p in params if p.is_contiguous())
+        buffers = self.__dict__.setdefault("_scratch", {})  # (absent after torch's __setstate__)
+        scratch = buffers.get(device)
+        if scratch is None or scratch.numel() < 2 * numel:
+            scratch = buffers[device] = torch.empty(2 * numel, dtype=torch.float32, device=device)
+        moments, offset = ([], []), 0
+        for p, st in zip(params, states):
+            for i, k in enumerate(MOMENTS):
+                if p.is_contiguous():
+                    out = scratch[offset:offset + p.numel()].view(p.shape)
+                    offset += p.numel()
+                else:
+                    out = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+                moments[i].append(out.copy_(st[k]).mul_(st[k + "_scale"]))
+        return moments
 
     def _implementation_for(self, device: torch.device) -> str:
         if self.implementation == "auto":
@@ -299,9 +319,8 @@ class AdamFused(torch.optim.Optimizer):
                 g = torch.empty_like(w).copy_(g)  # the kernel wants one layout per parameter, state and grad
             grads.append(g)
         states = [self.state[p] for p in params]
-        if self.fp16_stats:  # fp32 copies of this chunk's moments (at most CHUNK_NUMEL elements each)
-            exp_avgs = [st["exp_avg"].float().mul_(st["exp_avg_scale"]) for st in states]
-            exp_avg_sqs = [st["exp_avg_sq"].float().mul_(st["exp_avg_sq_scale"]) for st in states]
+        if self.fp16_stats:  # fp32 copies of this chunk's moments, in a scratch buffer reused every step
+            exp_avgs, exp_avg_sqs = self._dequantised(params, states)
         else:
             exp_avgs = [st["exp_avg"] for st in states]
             exp_avg_sqs = [st["exp_avg_sq"] for st in states]
@@ -340,9 +359,15 @@ class AdamFused(torch.optim.Optimizer):
         if self.fp16_stats:  # FusedAdamV1's requantisation: scale from the largest entry, then fp16
             for st, moments in zip(states, zip(exp_avgs, exp_avg_sqs)):
                 for k, moment in zip(MOMENTS, moments):
-                    scale = 1e-8 + moment.abs().max() / FLOAT16_MAX  # () fp32
-                    st[k].copy_(moment.div_(scale))
+                    scale = 1e-8 + largest_magnitude(moment) / FLOAT16_MAX  # () fp32
+                    torch.div(moment, scale, out=st[k])  # divided in fp32, rounded once into the fp16 state
                     st[k + "_scale"] = scale
+
+
+def largest_magnitude(t: torch.Tensor) -> torch.Tensor:
+    """``max |t|`` as a 0-d tensor in one pass without an ``abs`` copy (NaN propagates, as through ``abs().max()``)."""
+    low, high = torch.aminmax(t)
+    return torch.maximum(-low, high)
 
 
 def chunks(params, limit: int):
