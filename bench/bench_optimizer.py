@@ -9,7 +9,8 @@ two groups fairseq's composite optimizer makes of them (57 tensors without overr
 on the values); each has its own state. Rounds run every optimizer once, in a rotating order; the table
 gives each one's median and fastest step time and the speed-ups over fairseq's Adam (on a shared machine the
 fastest step is the one least disturbed by other work); a second fairseq Adam, its state allocated last,
-shows how far identical work differs on the machine.
+shows how far identical work differs on the machine. ``adam_fused fused fp16`` is ``fp16_adam_stats: true``
+(moments in fp16 with a per-tensor scale: half the state memory).
 
     python bench/bench_optimizer.py                        # CPU, 2 threads
     python bench/bench_optimizer.py --device cuda --rounds 20
@@ -66,6 +67,8 @@ def main():
     optimizers = {"fairseq adam": Adam(groups(), **options)}
     for implementation in ("loop", "foreach", "fused"):
         optimizers[f"adam_fused {implementation}"] = AdamFused(groups(), implementation=implementation, **options)
+    # fp16_adam_stats: the moments in fp16 (half the state), dequantised and requantised every step
+    optimizers["adam_fused fused fp16"] = AdamFused(groups(), implementation="fused", fp16_stats=True, **options)
     # the same code as the first, its state allocated last: how far identical work differs on this machine
     optimizers["fairseq adam again"] = Adam(groups(), **options)
 
