@@ -12,6 +12,7 @@
 import re
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -198,3 +199,18 @@ def test_plugin_fields_join_the_official_recipes_with_hydras_force_add(recipe, f
         assert values[f"model.{name}"] == (float(value) if value else True)
     with pytest.raises(Exception, match="checkpoint_activations"):
         composed(recipe, "model.checkpoint_activations=true")
+
+
+def test_the_readmes_fp16_adam_stats_switch_composes_and_builds_the_optimizer():
+    """README "Fine-tuning": adam_fused with fp16 moments on an official recipe's composite optimizer."""
+    from fairseq.optim import build_optimizer
+
+    overrides = ["optimizer.groups.default.optimizer._name=adam_fused",
+                 "++optimizer.groups.default.optimizer.fp16_adam_stats=true"]
+    values = composed("finetuning/as20k", *overrides)
+    assert values["optimizer.groups.default.optimizer._name"] == "adam_fused"
+    assert values["optimizer.groups.default.optimizer.fp16_adam_stats"] is True
+    cfg = compose_recipe("finetuning", "as20k", [*REQUIRED["finetuning"], *overrides])
+    group = cfg.optimizer.groups.default.optimizer  # what the composite optimizer builds for the group
+    optimizer = build_optimizer(group, [torch.nn.Parameter(torch.zeros(3))])
+    assert type(optimizer).__name__ == "FairseqAdamFused" and optimizer.optimizer.fp16_stats
