@@ -282,14 +282,12 @@ class FbankDataset(FairseqDataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def _read(self, relpath: str) -> Tuple[np.ndarray, int, str]:
-        """``(S, C)`` float32 samples, their rate and a name for messages (file, or file + HDF5 key)."""
+    def _read(self, relpath: str) -> Tuple[np.ndarray, int]:
+        """``(S, C)`` float32 samples and their rate (a file, or a file's HDF5 dataset)."""
         if self.h5_format:
             file_part, h5_key = split_h5_path(relpath)
-            wave, sample_rate = read_h5_audio(self.manifest.root / file_part, h5_key)  # (S, C)
-            return wave, sample_rate, self._source(relpath)
-        wave, sample_rate = read_audio(self.manifest.root / relpath)  # (S, C)
-        return wave, sample_rate, self._source(relpath)
+            return read_h5_audio(self.manifest.root / file_part, h5_key)  # (S, C)
+        return read_audio(self.manifest.root / relpath)  # (S, C)
 
     def _source(self, relpath: str) -> str:
         """A manifest path's name in messages: the file, or the file and its HDF5 key."""
@@ -322,7 +320,8 @@ class FbankDataset(FairseqDataset):
 
     def decode(self, row) -> torch.Tensor:
         """A manifest row's audio as checked ``(S16,)`` 16 kHz mono float32."""
-        wave, sample_rate, path = self._read(row.relpath)  # (S, C)
+        wave, sample_rate = self._read(row.relpath)  # (S, C)
+        path = self._source(row.relpath)
         if wave.shape[0] != row.num_samples:
             raise AudioError(
                 f"{path}: has {wave.shape[0]} samples but the manifest lists {row.num_samples}; "
