@@ -14,6 +14,7 @@ USER_DIR = common.user_dir=$(CURDIR)/eat_plugin
 venv: $(STAMP)
 
 $(STAMP): requirements.lock setup.py
+	@$(PYTHON) scripts/check_venv_space.py $(VENV)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --no-input --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install --no-input --disable-pip-version-check --no-deps -e .
