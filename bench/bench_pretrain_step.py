@@ -26,6 +26,7 @@ CPU the RSS high-water mark (VmHWM); both minus the RSS after the imports on the
     .venv/bin/python bench/bench_pretrain_step.py --preset base                       # CPU, 2 threads
     .venv/bin/python bench/bench_pretrain_step.py --preset base --checkpoint-activations
     .venv/bin/python bench/bench_pretrain_step.py --preset base --batch 12 --dtype bf16   # GPU
+    .venv/bin/python bench/bench_pretrain_step.py --preset base --profile 25   # + the top 25 operators of a step
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def plain_steps(model: Data2VecMultiModel, optimizer, source: torch.Tensor, mask
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return sorted(times[1:])[steps // 2]
+    return sorted(times[1:])[steps // 2] if steps else times[0]  # steps=0: the one step, unwarmed
 
 
 def main() -> None:
@@ -205,6 +206,9 @@ def main() -> None:
                         help="model.torch_compile=true (every block and decoder layer; the warm-up steps compile)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--plain-steps", type=int, default=3, help="whole steps timed without the breakdown (0: none)")
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="also profile one whole step with torch.profiler: the ROWS operators with the most "
+                             "self time, by input shape (0: no profile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -247,6 +251,24 @@ def main() -> None:
         print(f"  whole step {seconds * 1e3:.1f} ms (median of {args.plain_steps}): {args.batch / seconds:.2f} clips/s, "
               f"{flops / args.batch / 1e12:.3f} TFLOP per clip, {flops / seconds / 1e12:.2f} TFLOP/s = "
               f"{flops / seconds / peak:.1%} of the {gemm} rate ({peak / 1e12:.1f} TFLOP/s)")
+    if args.profile > 0:
+        source = torch.stack([pad_or_crop(wave_to_fbank(w), frames) for w in waves]).unsqueeze(1).to(device)
+        print(operator_profile(model, optimizer, source, masks, args.steps + args.plain_steps + 4, autocast_dtype,
+                               args.profile))
+
+
+def operator_profile(model: Data2VecMultiModel, optimizer, source: torch.Tensor, masks: torch.Tensor, update: int,
+                     autocast_dtype, rows: int) -> str:
+    """torch.profiler's table of one whole step (as ``plain_steps`` runs it): the ``rows`` operators with the
+    most self time, one row per operator and input shapes (where the element-wise time and the copies go)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if masks.device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        plain_steps(model, optimizer, source, masks, update, 0, autocast_dtype)  # one step, no warm-up
+    sort_by = "self_cuda_time_total" if masks.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=rows,
+                                                               max_name_column_width=40, max_shapes_column_width=60)
 
 
 if __name__ == "__main__":
