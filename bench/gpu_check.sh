@@ -5,7 +5,8 @@
 # (summary.txt first). Steps:
 #   1. environment (GPU, driver, torch, flash attention)
 #   2. bf16 + SDPA pre-training step of EAT-base at batch 12 / 48 / 96 (the largest that fits): per-stage
-#      breakdown, whole-step clips/s and model-FLOP utilisation (bench_pretrain_step.py)
+#      breakdown, whole-step clips/s and model-FLOP utilisation (bench_pretrain_step.py); at batch 48 also
+#      the top 40 operators of a step (torch.profiler, in the step's log)
 #   3. the same with model.torch_compile=true at batch 48
 #   4. side by side with the official code (.gpukit/EAT): plugin bf16 vs official fp16, as its recipes run
 #      it (bench_official.py, 2 pairs, batch 12)
@@ -46,7 +47,7 @@ say "== environment"
 
 for batch in $BATCHES; do
     step "step_${DTYPE}_b$batch" 120 $PY bench/bench_pretrain_step.py --preset $PRESET --device $DEVICE \
-        --dtype $DTYPE --batch "$batch" --steps 3 --plain-steps 5
+        --dtype $DTYPE --batch "$batch" --steps 3 --plain-steps 5 $([ "$batch" = "$BIG" ] && echo --profile 40)
 done
 step "step_${DTYPE}_b${BIG}_compile" 200 $PY bench/bench_pretrain_step.py --preset $PRESET --device $DEVICE \
     --dtype $DTYPE --batch $BIG --steps 3 --plain-steps 5 --compile
