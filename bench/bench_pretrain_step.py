@@ -242,8 +242,8 @@ def main() -> None:
     print(f"  {'step':10s} {total * 1e3:9.1f}   (median of {len(steps)}; {args.batch / total:.2f} clips/s)")
     print(f"  peak memory {memory_gib(device, peak=True) - base_memory:.2f} GiB"
           + (" (RSS high-water mark minus the RSS after the imports)" if device.type == "cpu" else ""))
+    source = torch.stack([pad_or_crop(wave_to_fbank(w), frames) for w in waves]).unsqueeze(1).to(device)
     if args.plain_steps > 0:
-        source = torch.stack([pad_or_crop(wave_to_fbank(w), frames) for w in waves]).unsqueeze(1).to(device)
         seconds = plain_steps(model, optimizer, source, masks, args.steps + 3, args.plain_steps, autocast_dtype)
         shape = ModelShape(OmegaConf.to_container(build_config(preset), resolve=True, enum_to_str=True))
         flops = workload_flops("pretrain", shape, args.batch)  # per step
@@ -252,7 +252,6 @@ def main() -> None:
               f"{flops / args.batch / 1e12:.3f} TFLOP per clip, {flops / seconds / 1e12:.2f} TFLOP/s = "
               f"{flops / seconds / peak:.1%} of the {gemm} rate ({peak / 1e12:.1f} TFLOP/s)")
     if args.profile > 0:
-        source = torch.stack([pad_or_crop(wave_to_fbank(w), frames) for w in waves]).unsqueeze(1).to(device)
         print(operator_profile(model, optimizer, source, masks, args.steps + args.plain_steps + 4, autocast_dtype,
                                args.profile))
 

@@ -30,14 +30,14 @@ def main() -> int:
     args = parser.parse_args()
     if installed(args.venv):
         return 0
-    existing = args.venv if args.venv.exists() else args.venv.resolve().parent
+    existing = args.venv.resolve()  # the venv, or its nearest folder that exists
     while not existing.exists():
         existing = existing.parent
     free_gib = shutil.disk_usage(existing).free / 2**30
     if free_gib >= args.needed_gib:
         return 0
     print(f"make venv: {args.venv} needs about {args.needed_gib:.1f} GiB (torch's PyPI build with its CUDA "
-          f"libraries); only {free_gib:.1f} GiB is free on the disk of {existing.resolve()}. Free some space, "
+          f"libraries); only {free_gib:.1f} GiB is free on the disk of {existing}. Free some space, "
           f"or put the environment on a larger disk: make ... VENV=/path/on/larger/disk/.venv", file=sys.stderr)
     return 1
 

@@ -45,6 +45,18 @@ def sincos_pos_table(dim: int, grid_h: int, grid_w: int) -> Tensor:
     return torch.from_numpy(np.concatenate([encode(cols), encode(rows)], axis=1)).float()  # (H*W, D)
 
 
+def to_patches(x: Tensor, patch_size: int) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, N, C * p * p)``: the non-overlapping p x p patches, time-major (row by row of
+    the patch grid), each flattened channel, row, column as a ``Conv2d`` kernel is; rows / columns past the
+    last whole patch are dropped, as by the strided convolution."""
+    p = patch_size
+    batch, channels, height, width = x.shape
+    rows, cols = height // p, width // p
+    x = x[:, :, : rows * p, : cols * p]  # (B, C, rows * p, cols * p): whole patches only
+    x = x.reshape(batch, channels, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C, p, p)
+    return x.reshape(batch, rows * cols, channels * p * p)  # (B, N, C * p * p)
+
+
 class PatchEmbed(nn.Module):
     """16x16 non-overlapping patches of ``(B, 1, T, 128)`` -> ``(B, N, D)`` tokens, time-major.
 
@@ -64,13 +76,8 @@ class PatchEmbed(nn.Module):
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
 
     def forward(self, x: Tensor) -> Tensor:
-        p = self.patch_size
-        b, c, h, w = x.shape
-        rows, cols = h // p, w // p
-        x = x[:, :, : rows * p, : cols * p]  # (B, C, rows * p, cols * p): whole patches only
-        patches = x.reshape(b, c, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C, p, p)
-        patches = patches.reshape(b, rows * cols, c * p * p)  # (B, N, C * p * p), time-major like the conv
-        weight = self.proj.weight.reshape(self.proj.out_channels, c * p * p)  # (D, C * p * p)
+        patches = to_patches(x, self.patch_size)  # (B, N, C * p * p)
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)  # (D, C * p * p)
         return F.linear(patches, weight, self.proj.bias)  # (B, N, D)
 
 
@@ -178,9 +185,6 @@ class AudioEncoder(nn.Module):
         return self.context_encoder(tokens)
 
     def patchify(self, source: Tensor) -> Tensor:
-        """``(B, 1, T, 128)`` -> pixels per patch ``(B, N, 256)``, time-major, rows of each patch first."""
-        p = self.patch_size
-        batch, _, frames, bins = source.shape
-        x = source.reshape(batch, 1, frames // p, p, bins // p, p)
-        x = torch.einsum("nchpwq->nhwpqc", x)  # (B, T/p, F/p, p, p, 1)
-        return x.reshape(batch, (frames // p) * (bins // p), p * p)  # (B, N, p*p)
+        """``(B, 1, T, 128)`` -> pixels per patch ``(B, N, 256)``, time-major, rows of each patch first: the
+        patches the embedding sees (for one channel the same order as MAE's ``nchpwq->nhwpqc``)."""
+        return to_patches(source, self.patch_size)  # (B, N, p * p)
